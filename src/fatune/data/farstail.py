@@ -1,0 +1,70 @@
+"""FarsTail (Persian NLI) TSV rows as chat conversations in the seed's format.
+
+A row ``premise<TAB>hypothesis<TAB>label`` (label ``e``/``n``/``c``) becomes:
+
+* a system prompt;
+* a user turn: the premise, the question line, the hypothesis and the options line
+  ``گزینه‌ها: 1. بله 2. نمی‌توان گفت 3. خیر``;
+* the assistant answer ``1. بله`` (entailment), ``2. نمی‌توان گفت`` (neutral) or ``3. خیر`` (contradiction).
+
+This is exactly the layout of the seed write-up's NLI example, so models trained on Persian SlimOrca
+are asked FarsTail questions the way they saw them. The evaluation reuses ``OPTIONS`` and ``ANSWERS``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterator
+
+from fatune.errors import DataError
+
+SYSTEM_PROMPT = ("شما یک دستیار هوش مصنوعی هستید. متن و جمله را با دقت بخوانید و "
+                 "گزینهٔ درست را انتخاب کنید.")
+QUESTION = "تعیین کنید آیا جمله بر اساس متن زیر درست است یا نه"
+OPTIONS = "گزینه‌ها: 1. بله 2. نمی‌توان گفت 3. خیر"
+ANSWERS = {"e": "1. بله", "n": "2. نمی‌توان گفت", "c": "3. خیر"}
+REQUIRED_COLUMNS = ("premise", "hypothesis", "label")
+
+
+def nli_conversation(premise: str, hypothesis: str, label: str | None,
+                     system: str | None = SYSTEM_PROMPT) -> dict:
+    """One FarsTail row as ``{"messages": [...]}``; ``label=None`` gives a prompt with no answer."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": f"{premise.strip()}\n{QUESTION}\n{hypothesis.strip()}\n{OPTIONS}"})
+    if label is not None:
+        messages.append({"role": "assistant", "content": ANSWERS[label]})
+    return {"messages": messages}
+
+
+def read_farstail(path: Path, name: str, skip_invalid: bool, stats, system: str | None = None
+                  ) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, {"messages": ...})`` for each row of a FarsTail TSV file."""
+    from fatune.data.sources import _count  # the loader's skip counter, shared by every format
+
+    system = SYSTEM_PROMPT if system is None else system
+    with open(path, encoding="utf-8", newline="") as handle:
+        # FarsTail quotes fields that hold tabs or newlines, so a record can span several physical lines.
+        reader = csv.reader(handle, delimiter="\t")
+        header = next(reader, None)
+        if header is None or any(column not in header for column in REQUIRED_COLUMNS):
+            raise DataError(name, 1, f"a FarsTail TSV needs the columns {', '.join(REQUIRED_COLUMNS)}; "
+                            f"found {header}", "header", "unknown_format")
+        index = {column: header.index(column) for column in REQUIRED_COLUMNS}
+        line_end = reader.line_num
+        for row in reader:
+            line, line_end = line_end + 1, reader.line_num  # report the line where the record starts
+            try:
+                if len(row) < len(header):
+                    raise DataError(name, line, f"expected {len(header)} tab-separated columns, found {len(row)}",
+                                    None, "bad_row")
+                label = row[index["label"]].strip()
+                if label not in ANSWERS:
+                    raise DataError(name, line, f"unknown label {label!r}; expected e, n or c", "label",
+                                    "bad_label")
+            except DataError as error:
+                if not skip_invalid:
+                    raise
+                _count(stats, error)
+                continue
+            yield line, nli_conversation(row[index["premise"]], row[index["hypothesis"]], label, system)

