@@ -104,7 +104,8 @@ class HFTemplate(ChatTemplate):
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.end_of_turn = _turn_tokens(tokenizer)[1] if _turn_tokens(tokenizer) else tokenizer.eos_token
+        turns = _turn_tokens(tokenizer)
+        self.end_of_turn = turns[1] if turns else tokenizer.eos_token
 
     def _text(self, messages, add_generation_prompt):
         try:
@@ -146,10 +147,18 @@ class HFTemplate(ChatTemplate):
         return self.tokenizer.chat_template
 
 
+def _has_token(tokenizer, token: str) -> bool:
+    # get_vocab() builds a dict of the whole vocabulary (262k entries for Gemma): ~100 ms per call.
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.token_to_id(token) is not None
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    return token_id is not None and token_id != tokenizer.unk_token_id
+
+
 def _turn_tokens(tokenizer) -> tuple[str, str] | None:
-    vocab = tokenizer.get_vocab()
     for start, end in TURN_TOKENS:
-        if start in vocab and end in vocab:
+        if _has_token(tokenizer, start) and _has_token(tokenizer, end):
             return start, end
     return None
 
