@@ -36,6 +36,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from fatune.data.prepare import prepare, write_prepared
 
     config = load_config(args.config, args.overrides)
+    _quiet_progress_bars()
     prepared = prepare(config)
     out = write_prepared(prepared, Path(args.out or Path(config.output.dir) / "data"))
     report = prepared.report
@@ -69,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", help="where to write the splits (default OUTPUT_DIR/data)")
     prep.set_defaults(func=cmd_data_prepare)
     return parser
+
+
+def _quiet_progress_bars() -> None:
+    """datasets draws a progress bar for every save_to_disk; the CLI prints its own summary instead."""
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:

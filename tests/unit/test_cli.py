@@ -45,3 +45,10 @@ def test_prepare_writes_train_and_val_splits(tmp_path, tiny_tok_dir):
     report = json.loads((out / "data" / "report.json").read_text())
     assert len(splits["train"]) == report["train"]["rows"] > 0 and len(splits["val"]) == report["val"]["rows"] > 0
     assert report["train"]["conversations"] + report["val"]["conversations"] == 168
+
+
+def test_hub_tokenizer_offline_is_one_clear_error(tmp_path):
+    result = run_cli("data", "inspect", "fatune:sample", "--tokenizer", "google/gemma-2-2b-it",
+                     env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "fatune: error: google/gemma-2-2b-it: could not load a tokenizer" in result.stderr

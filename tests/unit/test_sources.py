@@ -115,7 +115,7 @@ def test_hub_id_fails_with_one_sentence_in_offline_mode(tmp_path):
 
 
 def test_hub_id_fails_fast_without_a_network(tmp_path):
-    from fatune.data.sources import hub_reachable
+    from fatune.hub import hub_reachable
 
     if hub_reachable():
         pytest.skip("this machine reaches the Hub")

@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import socket
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Iterator
-from urllib.parse import urlparse
 
 from fatune.data.normalize import normalize_persian
 from fatune.data.validate import Purpose, parse_record
 from fatune.errors import DataError, FatuneError
+from fatune.hub import first_line, offline_unless_reachable
 
 log = logging.getLogger(__name__)
 SAMPLE_ALIAS = "fatune:sample"
@@ -183,44 +180,15 @@ def is_hub_id(source: str | Path) -> bool:
     return bool(_HUB_ID.match(name)) and not name.startswith((".", "/", "~"))
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Can we open a connection to the Hub (``$HF_ENDPOINT`` or huggingface.co)?"""
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-@contextmanager
-def _offline_unless_reachable():
-    """Without a network, huggingface_hub retries each request for ~25 s and prints a warning per try.
-    When the Hub cannot be reached, switch ``datasets`` to offline mode for this call instead: a dataset
-    already in the local cache still loads, anything else fails at once."""
-    import datasets.config
-    import huggingface_hub.constants as hub_constants
-
-    if datasets.config.HF_HUB_OFFLINE or hub_reachable():
-        yield
-        return
-    saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
-    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
-
-
 def hub_dataset(dataset_id: str, split: str):
     """``datasets.load_dataset(dataset_id, split=split)``, failing offline with one clear sentence."""
     import datasets
 
     try:
-        with _offline_unless_reachable():
+        with offline_unless_reachable():
             return datasets.load_dataset(dataset_id, split=split)
     except Exception as error:  # datasets raises many types offline; the user needs one sentence
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         if "OfflineMode" in reason or "offline" in reason.lower():
             reason = "the Hub cannot be reached from this machine and the datasets cache has no copy"
         raise FatuneError(
