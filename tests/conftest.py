@@ -62,3 +62,25 @@ MULTI_TURN = {"messages": [
     {"role": "user", "content": "جمعیتش چقدر است؟"},
     {"role": "assistant", "content": "جمعیت شهر تهران حدود نه میلیون نفر است."},
 ]}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_tok, tmp_path_factory):
+    """A saved tiny random Gemma 2 (tied embeddings) with the tiny tokenizer beside it: a model.path for training."""
+    from fatune.testing import tiny_gemma2
+
+    path = tmp_path_factory.mktemp("tiny_gemma2")
+    tiny_gemma2(len(tiny_tok)).save_pretrained(path)
+    tiny_tok.save_pretrained(path)
+    return path
+
+
+def tiny_train_config(model_dir, out, method="lora", *overrides):
+    """A fast training config on the tiny model and the bundled sample."""
+    from fatune.config import load_config
+
+    return load_config(None, [
+        f"model.path={model_dir}", "model.template=gemma", "data.path=fatune:sample", "data.max_length=256",
+        f"method.name={method}", "train.max_steps=4", "train.batch_size=2", "train.learning_rate=5e-3",
+        "train.warmup_ratio=0", "train.logging_steps=1", "train.save_steps=2", "train.eval_steps=2",
+        "eval.max_rows=4", f"output.dir={out}", *overrides])

@@ -6,3 +6,11 @@ lazily, so ``import fatune`` and ``fatune --help`` stay fast.
 """
 
 __version__ = "0.1.0"
+
+
+def train(config, overwrite: bool = False):
+    """Train a config (a ``fatune.config.Config``, or a YAML path) into its ``output.dir``; see ``fatune.training``."""
+    from fatune.config import Config, load_config
+    from fatune.training import train as run
+
+    return run(config if isinstance(config, Config) else load_config(config), overwrite=overwrite)

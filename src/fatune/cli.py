@@ -45,6 +45,17 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from fatune.config import load_config
+    from fatune.training import train
+
+    config = load_config(args.config, args.overrides)
+    _quiet_progress_bars()
+    out = train(config, overwrite=args.overwrite).out
+    print(f"fatune: finished; the model is in {out / 'final'} and the summary in {out / 'train_summary.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fatune", description="Teach chat LLMs Persian.")
     parser.add_argument("--version", action="version", version=f"fatune {__version__}")
@@ -69,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("overrides", nargs="*", help="dotted.key=value overrides, applied left to right")
     prep.add_argument("--out", help="where to write the splits (default OUTPUT_DIR/data)")
     prep.set_defaults(func=cmd_data_prepare)
+
+    train = verbs.add_parser("train", help="train a model with the method a config names")
+    train.add_argument("config", help="YAML config (sections model, data, method, train, eval, output)")
+    train.add_argument("overrides", nargs="*", help="dotted.key=value overrides, applied left to right")
+    train.add_argument("--overwrite", action="store_true", help="replace a finished run in output.dir")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

@@ -1,7 +1,6 @@
 """The typed fatune config: one schema, validated once at load, with errors that name the field.
 
-A config is YAML with sections ``model``, ``data`` and ``output`` (training adds ``method``, ``train``
-and ``eval``). ``load_config(path, overrides)`` applies ``dotted.key=value`` overrides left to right
+A config is YAML with sections ``model``, ``data``, ``method``, ``train``, ``eval`` and ``output``. ``load_config(path, overrides)`` applies ``dotted.key=value`` overrides left to right
 (a key given twice takes its last value), then validates. An unknown key fails with the closest valid
 names; a bad value fails with the field, the problem and what was given.
 """
@@ -30,6 +29,9 @@ class ModelConfig(Section):
     template: Literal["auto", "gemma", "chatml", "hf"] = "auto"
     """Chat template: ``gemma`` (system folded into the first user turn), ``chatml`` (the seed's),
     ``hf`` (the tokenizer's own) or ``auto`` (``hf`` if the tokenizer has one, else ``gemma``)."""
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    """Attention kernel. ``auto``: Gemma 2 gets flash_attention_2 (>= 2.6.3, for soft-capping) on CUDA
+    when installed, else eager, never sdpa (it ignores Gemma 2's soft-capping); other models: transformers' default."""
 
 
 class DataConfig(Section):
@@ -39,8 +41,9 @@ class DataConfig(Section):
     """Which split to read from a ``datasets`` directory or a hub dataset."""
     max_length: int = Field(1024, gt=0)
     """Tokens per training row; longer conversations are cut (and dropped if nothing trained remains)."""
-    packing: bool = True
-    """Join several conversations per row (position ids restart at each one)."""
+    packing: bool | None = None
+    """Join several conversations per row (position ids restart at each one). Default: on, except for
+    ``ptuning``, which trains unpacked because PEFT prepends its virtual tokens once per row."""
     normalize: bool = True
     """Apply ``normalize_persian`` (yeh/kaf, tatweel, presentation forms, ZWNJ) to every message."""
     digits: Literal["persian", "latin"] | None = None
@@ -61,6 +64,99 @@ class DataConfig(Section):
     """Reuse prepared data keyed by a hash of source, tokenizer, template, settings and fatune version."""
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class MethodConfig(Section):
+    name: Literal["ptuning", "qlora", "lora", "embed_head", "full"] = "lora"
+    """What trains: ``ptuning`` (a PEFT prompt encoder), ``qlora`` (LoRA on a 4-bit nf4 base), ``lora``,
+    ``embed_head`` (only the input embedding and the LM head; tied in Gemma) or ``full`` (all weights)."""
+    num_virtual_tokens: int = Field(20, gt=0)
+    """ptuning: virtual tokens prepended to every example (the seed used 20)."""
+    encoder_hidden_size: int = Field(128, gt=0)
+    """ptuning: hidden size of the prompt encoder MLP (the seed used 128)."""
+    r: int = Field(8, gt=0)
+    """lora/qlora: rank of the update matrices."""
+    alpha: int = Field(16, gt=0)
+    """lora/qlora: scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = Field(0.01, ge=0, lt=1)
+    """lora/qlora: dropout on the LoRA input."""
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS))
+    """lora/qlora: module names that get LoRA (the seed: q, k, v, o, gate, up and down projections)."""
+    load_in_4bit: bool | None = None
+    """Quantize the frozen base to 4 bit with bitsandbytes. Default: on for qlora, off otherwise (ptuning may set it)."""
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit: the quantization data type."""
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """4-bit: dtype of the dequantized matmuls. ``auto``: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on CPU."""
+    double_quant: bool = False
+    """4-bit: also quantize the quantization constants (saves ~0.4 bit per weight; the seed had it off)."""
+    rows: str = "all"
+    """embed_head: which embedding rows train: ``all``, ``persian`` (tokens with Persian-script letters plus
+    the chat special tokens; every other row stays bit-identical) or a path to a file of token ids, one per line."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "MethodConfig":
+        if self.load_in_4bit is None:
+            self.load_in_4bit = self.name == "qlora"
+        if self.name == "qlora" and not self.load_in_4bit:
+            raise ValueError("method.load_in_4bit: qlora is LoRA on a 4-bit base; use method.name=lora for a "
+                             "full-precision base")
+        if self.load_in_4bit and self.name in ("embed_head", "full"):
+            raise ValueError(f"method.load_in_4bit: {self.name} trains base weights, which cannot be 4-bit; "
+                             "set method.load_in_4bit: false")
+        return self
+
+
+class TrainConfig(Section):
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1 means run ``epochs`` epochs."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training data (when ``max_steps`` is -1)."""
+    batch_size: int = Field(1, gt=0)
+    """Rows per device per micro-step."""
+    grad_accum: int = Field(1, gt=0)
+    """Micro-steps accumulated per optimizer step."""
+    learning_rate: float = Field(2e-4, gt=0)
+    """Peak learning rate (the seed: 2e-4)."""
+    scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate schedule after warmup (the seed: constant)."""
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    """Share of steps with linear warmup. The seed's HF ``constant`` schedule silently ignored its 0.03;
+    fatune applies it (``constant_with_warmup``)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(0.3, gt=0)
+    """Gradient clipping norm (the seed: 0.3)."""
+    optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "auto"
+    """``auto``: paged 8-bit AdamW when bitsandbytes and CUDA are present (as the seed), else torch AdamW."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Compute precision. ``auto``: bf16 on GPUs that support it, fp32 elsewhere (CPU bf16 is ~100x slower here)."""
+    force_fp16: bool = False
+    """Allow fp16 mixed precision for Gemma 2, whose soft-capped logits can overflow in fp16 (the NaN guard stops a bad run)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory (the seed had it on)."""
+    save_steps: int = Field(200, gt=0)
+    """Write a checkpoint every this many optimizer steps."""
+    save_total_limit: int | None = Field(2, gt=0)
+    """Keep only the newest N checkpoints (an embed_head checkpoint of Gemma2-2B with Adam state is ~7 GB)."""
+    eval_steps: int = Field(200, gt=0)
+    """Compute the validation loss every this many steps (and at the end)."""
+    logging_steps: int = Field(10, gt=0)
+    """Log the training loss every this many steps."""
+    seed: int = 42
+    """Seed for model init, dropout and data order."""
+    num_workers: int = Field(0, ge=0)
+    """Data loader worker processes (0: load in the training process)."""
+
+
+class EvalConfig(Section):
+    batch_size: int = Field(1, gt=0)
+    """Rows per device when computing the validation loss."""
+    max_rows: int | None = Field(None, gt=0)
+    """Cap the validation split at this many rows (None: all), to keep periodic evaluation cheap."""
+
+
 class OutputConfig(Section):
     dir: str = "runs/fatune"
     """Run directory: prepared data, checkpoints, logs and the final artifact go here."""
@@ -69,12 +165,21 @@ class OutputConfig(Section):
 class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> "Config":
         if self.data.digits is not None and not self.data.normalize:
             raise ValueError("data.digits needs data.normalize: true (digit unification is part of normalization)")
+        if self.data.packing is None:
+            self.data.packing = self.method.name != "ptuning"
+        elif self.data.packing and self.method.name == "ptuning":
+            raise ValueError("data.packing: ptuning trains unpacked, because PEFT prepends the virtual tokens "
+                             "once per row and packed conversations after the first would never see them; "
+                             "set data.packing: false")
         return self
 
 
@@ -136,7 +241,8 @@ def from_dict(raw: dict, where: str = "config") -> Config:
             field = ".".join(str(p) for p in item["loc"])
             given = f" (got {item['input']!r})" if "input" in item and not isinstance(item["input"], dict) else ""
             message = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {field}: {message}{given}" if field else f"{where}: {message}")
+            named = field and not message.startswith(field + ".")  # cross-field messages name their own fields
+            problems.append(f"{where}: {field}: {message}{given}" if named else f"{where}: {message}{given}")
         raise FatuneError("\n".join(problems)) from None
 
 

@@ -121,23 +121,58 @@ def load_tokenizer(name: str):
                           "internet access.") from None
 
 
-def load_model(name: str, dtype=None, attn_implementation: str | None = None, **kwargs):
-    """Load a causal LM in full precision (fp32 on CPU unless ``dtype`` says otherwise).
+def attention_for(model_type: str, requested: str = "auto") -> str | None:
+    """The attention kernel to load a model with.
 
-    Gemma 2 soft-caps attention logits and sdpa ignores that, so Gemma 2 gets ``eager`` unless asked
-    otherwise (transformers refuses sdpa for it anyway).
+    Gemma 2 soft-caps its attention logits and sdpa ignores that (transformers refuses sdpa for it), so
+    Gemma 2 gets flash_attention_2 (>= 2.6.3, the first with softcap) on CUDA when installed, else eager.
+    Other models keep transformers' default unless asked otherwise.
     """
+    if model_type == "gemma2" and requested == "sdpa":
+        raise FatuneError("model.attn_implementation: sdpa ignores Gemma 2's attention soft-capping; use eager or "
+                          "flash_attention_2")
+    if requested != "auto":
+        return requested
+    if model_type != "gemma2":
+        return None
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if torch.cuda.is_available():
+        try:
+            from importlib.metadata import version
+
+            from packaging.version import Version
+
+            if Version(version("flash_attn")) >= Version("2.6.3"):
+                return "flash_attention_2"
+        except Exception:  # not installed (or unreadable version): eager is always correct
+            pass
+    return "eager"
+
+
+def load_config(name: str):
+    """The model's ``PretrainedConfig`` (fails with one sentence when the model cannot be found)."""
+    from transformers import AutoConfig
 
     path = resolve(name)
     with offline_unless_reachable():
         try:
-            config = AutoConfig.from_pretrained(path)
+            return AutoConfig.from_pretrained(path)
         except OSError as error:
-            raise FatuneError(f"{name}: could not load the model config ({first_line(error)}). Pass a local "
-                              "model directory, a pypi: alias, or a hub id on a machine with internet access.") from None
-        if attn_implementation is None and config.model_type == "gemma2":
-            attn_implementation = "eager"
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
-                                                    attn_implementation=attn_implementation, **kwargs)
+            raise FatuneError(f"{name}: could not load the model ({first_line(error)}). Pass a local model "
+                              "directory, a pypi: alias, or a hub id on a machine with internet access.") from None
+
+
+def load_model(name: str, dtype=None, attn_implementation: str = "auto", quantization_config=None, **kwargs):
+    """Load a causal LM: fp32 on CPU unless ``dtype`` says otherwise, 4-bit when given a
+    ``quantization_config``, with the attention kernel ``attention_for`` picks."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(name)
+    if quantization_config is not None and not torch.cuda.is_available():
+        kwargs.setdefault("device_map", "cpu")  # bitsandbytes quantizes while placing weights on a device
+    with offline_unless_reachable():
+        return AutoModelForCausalLM.from_pretrained(
+            resolve(name), dtype=dtype or torch.float32, quantization_config=quantization_config,
+            attn_implementation=attention_for(config.model_type, attn_implementation), **kwargs)

@@ -1,6 +1,5 @@
 """Loaders: every source format yields the same validated conversations."""
 
-import json
 
 import pytest
 

@@ -1,0 +1,91 @@
+"""What a finished run leaves: ``OUT/final`` (the artifact) and ``OUT/train_summary.json``.
+
+``final/`` loads without fatune: a PEFT adapter (``PeftModel.from_pretrained(base, final)``) for
+ptuning, lora and qlora, a full HF model for embed_head and full. It also holds the tokenizer with
+the run's chat template as its Jinja ``chat_template``, and ``fatune.json`` (base model, method,
+template, normalization) so fatune can chat with it exactly as it was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import subprocess
+from pathlib import Path
+
+from fatune import __version__
+from fatune.fsutil import publish_dir
+from fatune.training.rundir import SUMMARY
+
+FATUNE_JSON = "fatune.json"
+
+
+def save_final(model, method, tokenizer, template, config, final: Path) -> Path:
+    """Write the artifact atomically (built in a temporary dir, then renamed to ``final``)."""
+    from fatune.models import resolve
+
+    model = method.merge(model) if hasattr(method, "merge") else model
+    base_config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    base_config.use_cache = True  # training turned it off; generation wants it
+    tokenizer.chat_template = template.jinja
+    meta = {"fatune_version": __version__, "method": config.method.name, "base_model": config.model.path,
+            "base_model_path": resolve(config.model.path), "tokenizer": config.model.tokenizer,
+            "template": template.name, "normalize": config.data.normalize, "digits": config.data.digits,
+            "load_in_4bit": config.method.load_in_4bit}
+
+    def build(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / FATUNE_JSON).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+
+    return publish_dir(build, final, replace=True)
+
+
+def peak_memory_bytes() -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    found = {"fatune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+             "peft": peft.__version__, "python": platform.python_version()}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent)
+        if commit.returncode == 0:
+            found["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return found
+
+
+def write_summary(out: Path, config, trainer, output, report: dict, prepared, final_eval, seconds: float,
+                  settings) -> dict:
+    state = trainer.state
+    losses = [row["loss"] for row in state.log_history if "loss" in row]
+    train_seconds = output.metrics.get("train_runtime", seconds)
+    summary = {
+        "method": config.method.name, "base_model": config.model.path,
+        "trainable_params": report["trainable_params"], "total_params": report["total_params"],
+        "train_seconds": round(train_seconds, 2), "wall_seconds": round(seconds, 2), "steps": state.global_step,
+        "tokens_seen": int(state.num_input_tokens_seen),
+        "tokens_per_second": round(state.num_input_tokens_seen / train_seconds, 1) if train_seconds else None,
+        "peak_memory_bytes": peak_memory_bytes(),
+        "final_train_loss": losses[-1] if losses else output.training_loss,
+        "final_eval_loss": final_eval,
+        "train_examples": prepared.report["train"]["conversations"], "train_rows": len(prepared.train),
+        "val_examples": prepared.report["val"]["conversations"],
+        "world_size": trainer.args.world_size, "device": settings.device, "precision": settings.precision,
+        "optimizer": settings.optimizer, "versions": versions(),
+        **{k: v for k, v in report.items() if k not in ("trainable_params", "total_params")},
+    }
+    (Path(out) / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    return summary
