@@ -89,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setup_logging() -> None:
+    """fatune's own messages go to stderr as ``fatune: ...``; other libraries keep their own format."""
+    logger = logging.getLogger("fatune")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("fatune: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+
+
 def _quiet_progress_bars() -> None:
     """datasets draws a progress bar for every save_to_disk; the CLI prints its own summary instead."""
     try:
@@ -100,7 +111,7 @@ def _quiet_progress_bars() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="fatune: %(message)s")
+    _setup_logging()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

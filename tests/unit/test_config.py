@@ -62,10 +62,40 @@ def test_every_field_is_documented():
     assert "data.max_length" in valid_keys() and "output.dir" in valid_keys()
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+FATUNE_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "accelerate")
+
+
+@pytest.mark.parametrize("path", FATUNE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_configs_load_and_start_with_their_command(path):
-    load_config(path)
-    assert path.read_text().startswith("# fatune ")
+    config = load_config(path)
+    first_line = path.read_text().splitlines()[0]
+    assert first_line.startswith("# fatune ") and str(path.relative_to(ROOT)) in first_line
+    if path.parent.name == "demo" and path.name != "data.yaml":
+        assert config.model.path == "pypi:gemma-3-270m" and config.data.path == "fatune:sample"
+        assert config.train.precision == "fp32" and config.train.grad_accum == 1
+        assert config.method.load_in_4bit == (config.method.name == "qlora")
+        assert path.stem == config.method.name
+
+
+def test_seed_configs_reproduce_the_seed():
+    for method in ("ptuning", "qlora", "embed_head", "lora"):
+        config = load_config(ROOT / "configs" / "gemma2-2b-it" / f"{method}.yaml")
+        assert config.model.path == "google/gemma-2-2b-it" and config.model.template == "chatml"
+        assert config.data.path == "miladmim/slim-orca-dedup-chat-50k-persian" and config.data.max_length == 1024
+        assert (config.train.learning_rate, config.train.scheduler, config.train.warmup_ratio,
+                config.train.max_grad_norm) == (2e-4, "constant", 0.03, 0.3)
+        assert config.train.gradient_checkpointing and config.train.save_steps == config.train.eval_steps == 200
+        assert config.train.precision == "fp16" and config.train.force_fp16  # T4: fp16 autocast, forced
+        assert config.method.name == method and config.data.packing == (method != "ptuning")
+    assert load_config(ROOT / "configs/gemma2-2b-it/embed_head.yaml").data.fraction == 0.2
+    assert load_config(ROOT / "configs/gemma2-2b-it/ptuning.yaml").method.load_in_4bit
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_parse_and_start_with_their_command(path):
+    config = yaml.safe_load(path.read_text())
+    assert config["distributed_type"] in ("MULTI_GPU", "DEEPSPEED", "FSDP")
+    assert path.read_text().startswith(f"# accelerate launch --config_file configs/accelerate/{path.name} -m fatune")
 
 
 def test_cli_bad_config_exits_2_with_the_field(tmp_path):
@@ -74,3 +104,13 @@ def test_cli_bad_config_exits_2_with_the_field(tmp_path):
     result = run_cli("data", "prepare", path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "data.max_length: Input should be a valid integer" in result.stderr
+
+
+def test_the_documented_dotted_keys_exist_and_override():
+    keys = ["model.path", "model.template", "data.path", "data.max_length", "data.fraction", "method.name",
+            "train.max_steps", "train.epochs", "train.batch_size", "train.grad_accum", "train.learning_rate",
+            "train.scheduler", "train.warmup_ratio", "train.save_steps", "train.save_total_limit", "train.eval_steps",
+            "train.logging_steps", "train.seed", "output.dir"]
+    assert set(keys) <= set(valid_keys())
+    config = load_config(None, ["train.max_steps=7", "train.max_steps=9", "method.name=qlora", "train.scheduler=cosine"])
+    assert (config.train.max_steps, config.method.name, config.train.scheduler) == (9, "qlora", "cosine")

@@ -89,6 +89,9 @@ def train(config, overwrite: bool = False) -> TrainResult:
             if _is_main_process():
                 _check_run_dir(out, config, overwrite)
             prepared = prepare(config, tokenizer)
+        from transformers import set_seed
+
+        set_seed(config.train.seed)  # LoRA and prompt-encoder initialization happen before the Trainer seeds
         method = get_method(config.method.name)
         model = method.apply(_load_base(config, model_type, settings.model_dtype), config.method, tokenizer=tokenizer)
         model.config.use_cache = False  # a KV cache would let packed conversations attend to each other
