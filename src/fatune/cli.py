@@ -98,6 +98,10 @@ def _setup_logging() -> None:
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
     logger.propagate = False
+    # bitsandbytes 0.50 on AVX512-BF16 CPUs tries to fetch an optional inference kernel from the Hub at import
+    # and warns on every command when it cannot; the kernel only speeds up 4-bit inference, never training.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        lambda record: "kernels-community" not in str(record.msg))
 
 
 def _quiet_progress_bars() -> None:

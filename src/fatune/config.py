@@ -195,8 +195,18 @@ def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     return keys
 
 
+# Names users bring from HF TrainingArguments / other trainers, mapped to fatune's.
+SYNONYMS = {"lr": "learning_rate", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+            "gradient_accumulation_steps": "grad_accum", "lr_scheduler_type": "scheduler", "steps": "max_steps",
+            "model_name_or_path": "path", "output_dir": "dir", "max_seq_length": "max_length", "bs": "batch_size",
+            "lora_alpha": "alpha", "lora_dropout": "dropout"}
+
+
 def _unknown_key_error(key: str, where: str) -> FatuneError:
-    close = difflib.get_close_matches(key, valid_keys(), n=3, cutoff=0.5)
+    leaf = key.rsplit(".", 1)[-1]
+    close = [k for k in valid_keys() if k.rsplit(".", 1)[-1] == SYNONYMS.get(leaf, "")]
+    close += [k for k in difflib.get_close_matches(key, valid_keys(), n=3, cutoff=0.5) if k not in close]
+    close = close[:3]
     hint = f"; did you mean {' or '.join(close)}?" if close else f"; valid keys: {', '.join(valid_keys())}"
     return FatuneError(f"{where}: unknown config key {key!r}{hint}")
 

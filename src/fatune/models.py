@@ -104,7 +104,12 @@ def resolve(name: str, tokenizer_only: bool = False) -> str:
         if tokenizer_only and not (converted / "config.json").exists():
             return str(_convert_tokenizer(name))
         return str(_convert_model(name))
-    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        raise FatuneError(f"{name}: no such model directory (a hub id looks like 'owner/name')")
+    return name
 
 
 def load_tokenizer(name: str):

@@ -52,3 +52,13 @@ def test_hub_tokenizer_offline_is_one_clear_error(tmp_path):
                      env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "fatune: error: google/gemma-2-2b-it: could not load a tokenizer" in result.stderr
+
+
+def test_train_with_a_missing_model_or_data_is_one_line_and_exit_2(tmp_path):
+    config = ROOT / "configs/demo/lora.yaml"
+    for override, message in [("model.path=/no/such/model", "/no/such/model: no such model directory"),
+                              ("data.path=/no/such.jsonl", "/no/such.jsonl: no such file or directory")]:
+        result = run_cli("train", config, override, f"output.dir={tmp_path / 'run'}")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("fatune: error:")]
+        assert len(errors) == 1 and message in errors[0]

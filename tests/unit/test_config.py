@@ -114,3 +114,11 @@ def test_the_documented_dotted_keys_exist_and_override():
     assert set(keys) <= set(valid_keys())
     config = load_config(None, ["train.max_steps=7", "train.max_steps=9", "method.name=qlora", "train.scheduler=cosine"])
     assert (config.train.max_steps, config.method.name, config.train.scheduler) == (9, "qlora", "cosine")
+
+
+@pytest.mark.parametrize("key, suggestion", [("train.lr", "train.learning_rate"),
+                                             ("train.gradient_accumulation_steps", "train.grad_accum"),
+                                             ("method.lora_alpha", "method.alpha")])
+def test_names_from_other_trainers_get_fatunes_name(key, suggestion):
+    with pytest.raises(FatuneError, match=f"did you mean {suggestion}"):
+        load_config(None, [f"{key}=1"])
