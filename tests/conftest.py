@@ -84,3 +84,13 @@ def tiny_train_config(model_dir, out, method="lora", *overrides):
         f"method.name={method}", "train.max_steps=4", "train.batch_size=2", "train.learning_rate=5e-3",
         "train.warmup_ratio=0", "train.logging_steps=1", "train.save_steps=2", "train.eval_steps=2",
         "eval.max_rows=4", f"output.dir={out}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_model_dir, tmp_path_factory):
+    """One finished 2-step run per method on the tiny model: {method: run_dir}."""
+    from fatune import train
+
+    root = tmp_path_factory.mktemp("runs")
+    return {method: train(tiny_train_config(tiny_model_dir, root / method, method, "train.max_steps=2")).out
+            for method in ("lora", "qlora", "ptuning", "embed_head", "full")}

@@ -14,3 +14,10 @@ def train(config, overwrite: bool = False):
     from fatune.training import train as run
 
     return run(config if isinstance(config, Config) else load_config(config), overwrite=overwrite)
+
+
+def load(run_or_model, **kwargs):
+    """Load a run dir, base model or PEFT adapter for chat: ``fatune.load(RUN).chat(messages)``."""
+    from fatune.generation import load as load_chat_model
+
+    return load_chat_model(run_or_model, **kwargs)

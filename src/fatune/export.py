@@ -1,0 +1,110 @@
+"""``fatune export RUN --out DIR``: a standalone artifact that serving stacks take as is.
+
+* lora / qlora (with ``--merge``, the default for them): the adapter is merged into the base weights and
+  saved as a plain safetensors HF model with the tokenizer and chat template (vLLM, TGI, llama.cpp's
+  ``convert_hf_to_gguf.py``). QLoRA trained against a 4-bit nf4 base, so its merge goes into that base
+  *dequantized* to fp32 (``model.dequantize()``): the export computes exactly what adapter + 4-bit base
+  computed in training, not what the adapter would do on the original full-precision weights.
+* ptuning: virtual tokens cannot be merged into weights; the adapter is exported with a README saying
+  that serving it needs peft (``PeftModel.from_pretrained``) or fatune, which also generates with a KV cache.
+* embed_head / full: ``final/`` is already a full model and is exported as it is.
+* ``--push-to-hub REPO_ID`` uploads the export through ``huggingface_hub`` (as the seed published its models).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from fatune.errors import FatuneError
+from fatune.fsutil import publish_dir
+from fatune.generation.loading import FATUNE_JSON, _final_dir
+from fatune.hub import first_line, offline_unless_reachable
+
+PTUNING_README = """# P-Tuning adapter exported by fatune
+
+This is a PEFT prompt-encoder adapter ({n} virtual tokens) for `{base}`. Virtual tokens cannot be merged
+into the model's weights, so serving it needs peft or fatune:
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+base = AutoModelForCausalLM.from_pretrained("{base}")
+model = PeftModel.from_pretrained(base, "THIS_DIR")
+```
+
+With peft 0.21 and transformers 5.x, P-Tuning `generate(use_cache=True)` returns wrong tokens; pass
+`use_cache=False` (slow, quadratic) or use fatune, whose cached path gives the same tokens:
+
+```python
+import fatune
+print(fatune.load("THIS_DIR").chat([{{"role": "user", "content": "سلام"}}]))
+```
+
+Chat template: `{template}` (saved with the tokenizer in this directory).
+"""
+
+
+def export(run: str | Path, out: str | Path, merge: bool | None = None, push_to_hub: str | None = None) -> Path:
+    run, out = Path(run), Path(out)
+    if not run.exists():
+        raise FatuneError(f"{run}: no such run directory")
+    final = _final_dir(run)
+    if final is None:
+        raise FatuneError(f"{run}: not a fatune run (no final/{FATUNE_JSON})")
+    meta = json.loads((final / FATUNE_JSON).read_text())
+    method = meta["method"]
+    merge = method in ("lora", "qlora") if merge is None else merge
+    if merge and method == "ptuning":
+        raise FatuneError("--merge: P-Tuning's virtual tokens cannot be merged into weights; export without --merge")
+
+    def build(tmp: Path) -> None:
+        if merge and method in ("lora", "qlora"):
+            _merged(final, meta).save_pretrained(tmp)
+            for item in final.iterdir():  # tokenizer files and the chat template
+                if "adapter" not in item.name and item.name != "README.md" and item.is_file():
+                    shutil.copy2(item, tmp / item.name)
+            (tmp / FATUNE_JSON).write_text(json.dumps({**meta, "merged_from": method, "method": "full"}, indent=2,
+                                                      ensure_ascii=False))
+        else:
+            shutil.copytree(final, tmp, dirs_exist_ok=True)
+            if method == "ptuning":
+                config = json.loads((final / "adapter_config.json").read_text())
+                (tmp / "README.md").write_text(PTUNING_README.format(
+                    n=config.get("num_virtual_tokens"), base=meta["base_model"], template=meta["template"]))
+
+    publish_dir(build, out, replace=True)
+    if push_to_hub:
+        push(out, push_to_hub)
+    return out
+
+
+def _merged(final: Path, meta: dict):
+    """Base + adapter merged in fp32; for qlora the base is the dequantized 4-bit one it trained with."""
+    import torch
+    from peft import PeftModel
+
+    from fatune.config import MethodConfig
+    from fatune.methods.qlora import quantization_config
+    from fatune.models import load_model
+
+    if meta["method"] == "qlora":
+        base = load_model(meta["base_model"], quantization_config=quantization_config(MethodConfig(name="qlora")))
+        base = base.dequantize()  # nf4 -> fp32 weights with the exact values the 4-bit kernels used
+        base.to(torch.float32)
+    else:
+        base = load_model(meta["base_model"])
+    return PeftModel.from_pretrained(base, str(final)).merge_and_unload()
+
+
+def push(folder: Path, repo_id: str) -> None:
+    from huggingface_hub import HfApi
+
+    try:
+        with offline_unless_reachable():
+            api = HfApi()
+            api.create_repo(repo_id, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=str(folder))
+    except Exception as error:  # offline, no token, no permission: one line for the user
+        raise FatuneError(f"--push-to-hub {repo_id}: upload failed ({first_line(error)}); the export is in {folder}") from None

@@ -1,0 +1,123 @@
+"""Resolve what the user points at (RUN_OR_MODEL) into a model, tokenizer, template and normalization.
+
+RUN_OR_MODEL can be:
+
+* a fatune run dir (or its ``final/``): ``final/fatune.json`` says the base model, the method, the
+  template and the normalization used in training, so chat sees exactly the training format;
+* a base model: hub id, local dir or ``pypi:`` alias (the "before tuning" baseline);
+* a PEFT adapter dir or hub id (e.g. the seed's ``AliHamzeh/gemma2-2b-it-persian-p-tuned``): the base comes
+  from ``adapter_config.json``. ``tokenizer`` and ``template`` override what the artifact says; the seed's
+  adapters need ``philschmid/gemma-tokenizer-chatml`` and ``chatml``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fatune.errors import FatuneError
+from fatune.hub import first_line, offline_unless_reachable
+
+FATUNE_JSON = "fatune.json"
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    template: str
+    normalize: bool = False
+    digits: str | None = None
+    method: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def is_prompt_learning(self) -> bool:
+        config = getattr(self.model, "active_peft_config", None)
+        return bool(config is not None and config.is_prompt_learning)
+
+
+def _final_dir(path: Path) -> Path | None:
+    """The artifact dir of a run (``RUN/final``) or the path itself when it is one."""
+    if (path / FATUNE_JSON).exists():
+        return path
+    if (path / "final" / FATUNE_JSON).exists():
+        return path / "final"
+    if (path / "config.yaml").exists() and (path / "checkpoints").is_dir():
+        raise FatuneError(f"{path}: this run has no final/ yet (it did not finish); run the same "
+                          "`fatune train` command again to resume it, or point at a checkpoint's base model")
+    return None
+
+
+def _adapter_config(name: str) -> dict | None:
+    """``adapter_config.json`` of a local dir or hub repo, or None when ``name`` is not a PEFT adapter."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        file = path / "adapter_config.json"
+        return json.loads(file.read_text()) if file.exists() else None
+    if name.startswith("pypi:") or path.exists() or name.count("/") != 1:
+        return None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        with offline_unless_reachable():
+            return json.loads(Path(hf_hub_download(name, "adapter_config.json")).read_text())
+    except Exception:  # not an adapter repo, or offline: treat it as a model id and let loading explain
+        return None
+
+
+def load(run_or_model: str, *, tokenizer: str | None = None, template: str | None = None,
+         dtype=None, load_in_4bit: bool | None = None) -> Loaded:
+    """Load RUN_OR_MODEL for generation (see the module docstring)."""
+    from fatune.models import load_model, load_tokenizer
+
+    path = Path(run_or_model).expanduser()
+    if run_or_model.startswith(("/", ".", "~")) and not path.exists():
+        raise FatuneError(f"{run_or_model}: no such run or model directory")
+    final = _final_dir(path) if path.is_dir() else None
+    meta = json.loads((final / FATUNE_JSON).read_text()) if final else {}
+    adapter = _adapter_config(str(final or run_or_model))
+    if meta:
+        base_name = meta["base_model"]
+        tokenizer_name = tokenizer or str(final)  # the run saved its tokenizer (with the chat template)
+        template = template or meta["template"]
+        load_in_4bit = meta.get("load_in_4bit") if load_in_4bit is None else load_in_4bit
+    elif adapter:
+        base_name = adapter.get("base_model_name_or_path") or ""
+        if not base_name:
+            raise FatuneError(f"{run_or_model}: adapter_config.json names no base model")
+        tokenizer_name = tokenizer or base_name
+    else:
+        base_name, tokenizer_name = run_or_model, tokenizer or run_or_model
+    template = template or "auto"
+    tok = load_tokenizer(tokenizer_name)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+
+    quantization = None
+    if load_in_4bit:
+        from fatune.config import MethodConfig
+        from fatune.methods.qlora import keep_training_layout, quantization_config
+
+        quantization = quantization_config(MethodConfig(name="qlora"))
+    if meta and meta.get("method") in ("embed_head", "full"):
+        model = load_model(str(final), dtype=dtype)
+    else:
+        model = load_model(base_name, dtype=dtype, quantization_config=quantization)
+        if quantization is not None:
+            keep_training_layout(model)  # generate with the exact 4-bit layout the adapter was trained on
+        if adapter or (meta and meta.get("method") in ("ptuning", "lora", "qlora")):
+            from peft import PeftModel
+
+            source = str(final) if final else run_or_model
+            try:
+                with offline_unless_reachable():
+                    model = PeftModel.from_pretrained(model, source, is_trainable=False)
+            except OSError as error:
+                raise FatuneError(f"{source}: could not load the adapter ({first_line(error)})") from None
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return Loaded(model, tok, template, bool(meta.get("normalize", False)), meta.get("digits"),
+                  meta.get("method") or ("adapter" if adapter else None), meta)
