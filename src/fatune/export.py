@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fatune.errors import FatuneError
 from fatune.fsutil import publish_dir
-from fatune.generation.loading import FATUNE_JSON, _final_dir
+from fatune.generation.loading import FATUNE_JSON, final_dir
 from fatune.hub import first_line, offline_unless_reachable
 
 PTUNING_README = """# P-Tuning adapter exported by fatune
@@ -50,7 +50,7 @@ def export(run: str | Path, out: str | Path, merge: bool | None = None, push_to_
     run, out = Path(run), Path(out)
     if not run.exists():
         raise FatuneError(f"{run}: no such run directory")
-    final = _final_dir(run)
+    final = final_dir(run)
     if final is None:
         raise FatuneError(f"{run}: not a fatune run (no final/{FATUNE_JSON})")
     meta = json.loads((final / FATUNE_JSON).read_text())

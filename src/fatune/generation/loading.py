@@ -38,7 +38,7 @@ class Loaded:
         return bool(config is not None and config.is_prompt_learning)
 
 
-def _final_dir(path: Path) -> Path | None:
+def final_dir(path: Path) -> Path | None:
     """The artifact dir of a run (``RUN/final``) or the path itself when it is one."""
     if (path / FATUNE_JSON).exists():
         return path
@@ -75,7 +75,7 @@ def load(run_or_model: str, *, tokenizer: str | None = None, template: str | Non
     path = Path(run_or_model).expanduser()
     if run_or_model.startswith(("/", ".", "~")) and not path.exists():
         raise FatuneError(f"{run_or_model}: no such run or model directory")
-    final = _final_dir(path) if path.is_dir() else None
+    final = final_dir(path) if path.is_dir() else None
     meta = json.loads((final / FATUNE_JSON).read_text()) if final else {}
     adapter = _adapter_config(str(final or run_or_model))
     if meta:
