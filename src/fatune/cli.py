@@ -66,8 +66,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fatune.data import load_conversations
-    from fatune.generation import generation_settings
     from fatune.fsutil import write_jsonl_atomic
+    from fatune.generation import generation_settings
 
     generation_settings(args.preset)  # an unknown preset fails before the model loads
     prompts = [c.messages for c in load_conversations(args.prompts, purpose="prompt", normalize=False)]

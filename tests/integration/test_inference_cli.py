@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import SEED_PROMPTS, run_cli, write_jsonl
 
 

@@ -7,9 +7,9 @@ import torch
 
 from fatune.config import load_config
 from fatune.data import load_conversations, render_batch
+from fatune.data.pack import unpacked
 from fatune.methods import get_method
 from fatune.training.collator import RowCollator
-from fatune.data.pack import unpacked
 
 
 def batch(tok, n=2):

@@ -9,7 +9,6 @@ import sys
 import time
 
 import yaml
-
 from conftest import tiny_train_config
 
 

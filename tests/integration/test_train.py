@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 import yaml
-
 from conftest import tiny_train_config
+
 from fatune import train
 from fatune.errors import FatuneError
 

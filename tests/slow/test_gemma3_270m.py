@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from fatune.data import load_conversations, pack, render_batch
 from fatune.models import load_model, resolve
 

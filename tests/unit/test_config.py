@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_cli
+
 from fatune.config import Config, load_config, valid_keys
 from fatune.errors import FatuneError
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import CONVERSATION, MULTI_TURN, write_jsonl
+
 from fatune.config import load_config
 from fatune.data import Conversation
 from fatune.data.prepare import dedupe, prepare, split, take_fraction

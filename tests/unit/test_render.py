@@ -2,9 +2,17 @@
 and on the tiny test tokenizer, for both templates, with and without a system message, multi-turn."""
 
 import pytest
-
 from conftest import CONVERSATION, MULTI_TURN
-from fatune.data import IGNORE, get_template, render, render_batch, render_prompt, trained_spans, truncate
+
+from fatune.data import (
+    IGNORE,
+    get_template,
+    render,
+    render_batch,
+    render_prompt,
+    trained_spans,
+    truncate,
+)
 from fatune.errors import FatuneError
 
 SYSTEM_MULTI = {"messages": [{"role": "system", "content": "کوتاه پاسخ بده."}] + MULTI_TURN["messages"]}

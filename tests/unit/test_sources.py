@@ -2,8 +2,8 @@
 
 
 import pytest
-
 from conftest import CONVERSATION, FARSTAIL, MULTI_TURN, run_cli, write_jsonl
+
 from fatune.data import load_conversations, sample_path
 from fatune.data.farstail import ANSWERS, OPTIONS
 from fatune.errors import DataError, FatuneError

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import CONVERSATION, SEED_PROMPTS, run_cli, write_jsonl
+
 from fatune.data import LoadStats, load_conversations
 from fatune.errors import DataError
 

@@ -6,7 +6,14 @@ in ``prepare``. See each module's docstring for the rules it applies.
 
 from fatune.data.normalize import normalize_persian
 from fatune.data.pack import pack
-from fatune.data.render import IGNORE, render, render_batch, render_prompt, trained_spans, truncate
+from fatune.data.render import (
+           IGNORE,
+           render,
+           render_batch,
+           render_prompt,
+           trained_spans,
+           truncate,
+)
 from fatune.data.sources import Conversation, LoadStats, load_conversations, sample_path
 from fatune.data.templates import get_template
 

@@ -40,7 +40,9 @@ def nli_conversation(premise: str, hypothesis: str, label: str | None,
 def read_farstail(path: Path, name: str, skip_invalid: bool, stats, system: str | None = None
                   ) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, {"messages": ...})`` for each row of a FarsTail TSV file."""
-    from fatune.data.sources import _count  # the loader's skip counter, shared by every format
+    from fatune.data.sources import (
+        _count,  # the loader's skip counter, shared by every format
+    )
 
     system = SYSTEM_PROMPT if system is None else system
     with open(path, encoding="utf-8", newline="") as handle:

@@ -24,7 +24,13 @@ import numpy as np
 from fatune import __version__
 from fatune.data.pack import pack, unpacked
 from fatune.data.render import IGNORE, render_batch, truncate
-from fatune.data.sources import LoadStats, hub_dataset, is_hub_id, load_conversations, local_path
+from fatune.data.sources import (
+    LoadStats,
+    hub_dataset,
+    is_hub_id,
+    load_conversations,
+    local_path,
+)
 from fatune.data.templates import get_template
 from fatune.fsutil import publish_dir
 

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from fatune import __version__
 from fatune.fsutil import publish_dir
+from fatune.generation.loading import FATUNE_JSON
 from fatune.training.rundir import SUMMARY
-
-FATUNE_JSON = "fatune.json"
 
 
 def save_final(model, method, tokenizer, template, config, final: Path) -> Path:

@@ -20,7 +20,13 @@ from fatune.training import precision as precision_rules
 from fatune.training.callbacks import LossCurve, MetricsLog, Progress, read_metrics
 from fatune.training.collator import RowCollator
 from fatune.training.final import save_final, write_summary
-from fatune.training.rundir import RunLock, clear_run, is_finished, latest_checkpoint, truncate_metrics
+from fatune.training.rundir import (
+    RunLock,
+    clear_run,
+    is_finished,
+    latest_checkpoint,
+    truncate_metrics,
+)
 from fatune.training.trainer import FatuneTrainer
 
 log = logging.getLogger(__name__)
