@@ -135,3 +135,12 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
         train(config)
     assert not (out / "train_summary.json").exists() and not (out / "final").exists()
     assert (out / "checkpoints" / "step-1").exists()
+
+
+def test_a_dataset_too_small_for_a_validation_split_still_trains(tmp_path, tiny_model_dir):
+    from conftest import CONVERSATION, write_jsonl
+
+    data = write_jsonl(tmp_path / "one.jsonl", [CONVERSATION])
+    result = train(tiny_train_config(tiny_model_dir, tmp_path / "run", "lora", f"data.path={data}",
+                                     "train.max_steps=2", "data.val_ratio=0.1"))
+    assert result.summary["final_eval_loss"] is None and result.summary["steps"] == 2

@@ -76,6 +76,8 @@ class TrainResult:
 
 def train(config, overwrite: bool = False) -> TrainResult:
     """Train ``config`` (a ``fatune.config.Config``) into ``config.output.dir``."""
+    from transformers import set_seed
+    from transformers.trainer_utils import IntervalStrategy
 
     from fatune.data.prepare import prepare
     from fatune.data.templates import get_template
@@ -95,8 +97,8 @@ def train(config, overwrite: bool = False) -> TrainResult:
             if _is_main_process():
                 _check_run_dir(out, config, overwrite)
             prepared = prepare(config, tokenizer)
-        from transformers import set_seed
-
+        if len(prepared.val) == 0:  # e.g. val_ratio > 0 on a single conversation: nothing to evaluate
+            args.eval_strategy = IntervalStrategy.NO
         set_seed(config.train.seed)  # LoRA and prompt-encoder initialization happen before the Trainer seeds
         method = get_method(config.method.name)
         model = method.apply(_load_base(config, model_type, settings.model_dtype), config.method, tokenizer=tokenizer)
