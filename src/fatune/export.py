@@ -85,12 +85,12 @@ def _merged(final: Path, meta: dict):
     import torch
     from peft import PeftModel
 
-    from fatune.config import MethodConfig
+    from fatune.generation.loading import method_config
     from fatune.methods.qlora import quantization_config
     from fatune.models import load_model
 
     if meta["method"] == "qlora":
-        base = load_model(meta["base_model"], quantization_config=quantization_config(MethodConfig(name="qlora")))
+        base = load_model(meta["base_model"], quantization_config=quantization_config(method_config(meta)))
         base = base.dequantize()  # nf4 -> fp32 weights with the exact values the 4-bit kernels used
         base.to(torch.float32)
     else:

@@ -48,3 +48,14 @@ def test_merging_ptuning_is_refused(tiny_runs, tmp_path):
 
     with pytest.raises(FatuneError, match="cannot be merged"):
         export(tiny_runs["ptuning"], tmp_path / "export", merge=True)
+
+
+def test_qlora_settings_of_the_run_are_used_to_reload_its_base(tiny_model_dir, tmp_path):
+    from conftest import tiny_train_config
+    from fatune import train
+
+    result = train(tiny_train_config(tiny_model_dir, tmp_path / "run", "qlora", "train.max_steps=1",
+                                     "method.double_quant=true", "method.quant_type=fp4"))
+    model = load(str(result.out))
+    state = model.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.quant_state
+    assert state.quant_type == "fp4" and state.nested

@@ -67,6 +67,13 @@ def _adapter_config(name: str) -> dict | None:
         return None
 
 
+def method_config(meta: dict):
+    """The run's method settings (its 4-bit quantization included); qlora defaults for older artifacts."""
+    from fatune.config import MethodConfig
+
+    return MethodConfig(**meta.get("method_config", {"name": "qlora"}))
+
+
 def load(run_or_model: str, *, tokenizer: str | None = None, template: str | None = None,
          dtype=None, load_in_4bit: bool | None = None) -> Loaded:
     """Load RUN_OR_MODEL for generation (see the module docstring)."""
@@ -97,10 +104,9 @@ def load(run_or_model: str, *, tokenizer: str | None = None, template: str | Non
 
     quantization = None
     if load_in_4bit:
-        from fatune.config import MethodConfig
         from fatune.methods.qlora import keep_training_layout, quantization_config
 
-        quantization = quantization_config(MethodConfig(name="qlora"))
+        quantization = quantization_config(method_config(meta))
     if meta and meta.get("method") in ("embed_head", "full"):
         model = load_model(str(final), dtype=dtype)
     else:

@@ -31,7 +31,8 @@ def save_final(model, method, tokenizer, template, config, final: Path) -> Path:
     meta = {"fatune_version": __version__, "method": config.method.name, "base_model": config.model.path,
             "base_model_path": resolve(config.model.path), "tokenizer": config.model.tokenizer,
             "template": template.name, "normalize": config.data.normalize, "digits": config.data.digits,
-            "load_in_4bit": config.method.load_in_4bit}
+            "load_in_4bit": config.method.load_in_4bit,
+            "method_config": config.method.model_dump(mode="json")}  # reload a 4-bit base exactly as trained
 
     def build(tmp: Path) -> None:
         model.save_pretrained(tmp)
