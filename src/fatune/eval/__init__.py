@@ -1,0 +1,1 @@
+"""Evaluation: held-out loss, Persian fidelity, FarsTail and multiple-choice scoring, comparison reports."""

@@ -1,0 +1,177 @@
+"""Evaluation tasks. Each takes a ``ChatModel`` and returns a JSON-ready dict of metrics.
+
+* ``loss``: held-out loss, perplexity and bits per UTF-8 byte on assistant tokens (the run's own
+  validation split, or a given file). Bits per byte compares models with different tokenizers.
+* ``fidelity``: answers to a suite of Persian prompts, scored for Persian script and for the ways a
+  Persian share can be gamed (echoing the prompt, degenerate repetition, empty answers).
+* ``farstail``: FarsTail NLI in the seed's chat format, scored by option log-likelihood.
+* ``mc``: any multiple-choice JSONL (``question``, ``candidates``, 1-based ``answer``, optional ``system``).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from fatune.data.render import IGNORE, render_batch, trained_spans, truncate
+from fatune.errors import DataError, FatuneError
+from fatune.eval import metrics
+from fatune.eval.choice import option_loglikelihoods
+
+FARSTAIL_TEST_URL = "https://raw.githubusercontent.com/dml-qom/FarsTail/master/data/Test-word.csv"
+
+
+def default_suite() -> Path:
+    return Path(str(resources.files("fatune.eval") / "suites" / "fidelity.jsonl"))
+
+
+# -- loss ------------------------------------------------------------------------------------------
+def _validation_rows(chat_model, run_dir: Path | None, path: str | None, limit: int | None) -> list[dict]:
+    if path:
+        from fatune.data import load_conversations
+
+        conversations = list(load_conversations(path, normalize=chat_model.loaded.normalize))[:limit]
+        samples = render_batch(conversations, chat_model.tokenizer, chat_model.template)
+        rows = [truncate(s, 2048) for s in samples]
+        return [{"input_ids": r["input_ids"], "labels": r["labels"], "position_ids": list(range(len(r["input_ids"])))}
+                for r in rows if r is not None]
+    if run_dir is None or not (run_dir / "config.yaml").exists():
+        raise FatuneError("loss needs a fatune run dir (its validation split) or loss:PATH")
+    from fatune.config import load_config
+    from fatune.data.prepare import prepare
+
+    val = prepare(load_config(run_dir / "config.yaml"), chat_model.tokenizer).val
+    return [val[i] for i in range(len(val) if limit is None else min(limit, len(val)))]
+
+
+def loss_task(chat_model, run_dir: Path | None = None, path: str | None = None, limit: int | None = None) -> dict:
+    rows = _validation_rows(chat_model, run_dir, path, limit)
+    if not rows:
+        raise FatuneError("loss: the validation data is empty")
+    model, nll, tokens, text_bytes = chat_model.model, 0.0, 0, 0
+    packed_ok = not chat_model.loaded.is_prompt_learning  # PEFT prompt learning ignores position_ids
+    for row in tqdm(rows, desc="loss", leave=False):
+        ids = torch.tensor([row["input_ids"]], device=model.device)
+        kwargs = {"position_ids": torch.tensor([row["position_ids"]], device=model.device)} if packed_ok else {}
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False, **kwargs).logits[:, -ids.shape[1]:]
+        targets = torch.tensor(row["labels"][1:], device=model.device)
+        scored = targets != IGNORE
+        logprobs = torch.log_softmax(logits[0, :-1][scored].float(), dim=-1)
+        nll -= logprobs.gather(-1, targets[scored].unsqueeze(-1)).sum().item()
+        tokens += int(scored.sum())
+        for span in trained_spans(row):
+            text_bytes += len(chat_model.tokenizer.decode(span, skip_special_tokens=True).encode("utf-8"))
+    mean = nll / max(tokens, 1)
+    return {"loss": round(mean, 5), "perplexity": round(metrics.perplexity(mean), 3),
+            "bits_per_byte": round(metrics.bits_per_byte(nll, max(text_bytes, 1)), 5), "tokens": tokens,
+            "bytes": text_bytes, "rows": len(rows), "source": path or str(run_dir / "config.yaml")}
+
+
+# -- fidelity --------------------------------------------------------------------------------------
+def fidelity_task(chat_model, path: str | None = None, limit: int | None = None, max_new_tokens: int = 128,
+                  batch_size: int = 8) -> dict:
+    suite = Path(path) if path else default_suite()
+    items = [json.loads(line) for line in suite.read_text(encoding="utf-8").splitlines() if line.strip()][:limit]
+    prompts = [item["messages"] for item in items]
+    results = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="fidelity", leave=False):
+        results += chat_model.generate(prompts[start:start + batch_size], "greedy", batch_size=batch_size,
+                                       max_new_tokens=max_new_tokens)
+    answers = [r["messages"][-1]["content"] for r in results]
+    users = [p[-1]["content"] for p in prompts]
+    summary = metrics.fidelity_summary(answers, users, [r["stop_reason"] == "length" for r in results])
+    summary["suite"] = str(suite)
+    summary["samples"] = [{"category": item.get("category", ""), "prompt": user, "answer": answer}
+                          for item, user, answer in zip(items, users, answers)]
+    return summary
+
+
+# -- multiple choice: FarsTail and mc: ---------------------------------------------------------------
+def _choice_metrics(chat_model, prompts, options, gold: list[int], labels: list[str] | None,
+                    batch_size: int, name: str) -> dict:
+    total = sum(len(o) for o in options)
+    with tqdm(total=total, desc=name, leave=False) as progress:
+        scores = option_loglikelihoods(chat_model, prompts, options, batch_size, progress)
+    result = metrics.choice_accuracy(scores, gold)
+    if labels is not None:
+        predicted = [labels[metrics.argmax_choice(s)] for s in scores]
+        result["confusion"] = metrics.confusion_matrix([labels[g] for g in gold], predicted, labels)
+    return result
+
+
+def _farstail_file(path: str | None) -> Path:
+    if path:
+        if not Path(path).exists():
+            raise FatuneError(f"{path}: no such FarsTail file")
+        return Path(path)
+    from fatune.models import cache_dir
+
+    target = cache_dir() / "datasets" / "farstail-test.tsv"
+    if not target.exists():
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(FARSTAIL_TEST_URL, timeout=10) as response:
+                data = response.read()
+        except OSError as error:
+            raise FatuneError(f"farstail: could not download the FarsTail test set ({error}); pass a local copy "
+                              "as farstail:PATH (e.g. farstail:../shared/data/farstail/test.tsv)") from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return target
+
+
+def farstail_task(chat_model, path: str | None = None, limit: int | None = None, batch_size: int = 6,
+                  generate: bool = True) -> dict:
+    from fatune.data import load_conversations
+    from fatune.data.farstail import ANSWERS
+
+    conversations = list(load_conversations(_farstail_file(path), normalize=False))[:limit]
+    labels = list(ANSWERS)  # e, n, c
+    options = [ANSWERS[label] for label in labels]
+    prompts = [c.messages[:-1] for c in conversations]
+    gold = [options.index(c.messages[-1]["content"]) for c in conversations]
+    result = _choice_metrics(chat_model, prompts, [options] * len(prompts), gold, labels, batch_size, "farstail")
+    if generate:
+        answers = chat_model.generate(prompts, "greedy", batch_size=8, max_new_tokens=12)
+        hits = sum(a["messages"][-1]["content"].strip() == options[g] for a, g in zip(answers, gold))
+        result["generated_exact_match"] = round(hits / len(prompts), 4)
+    return result
+
+
+def read_mc(path: str | Path) -> list[dict]:
+    """Rows of a multiple-choice JSONL, validated: ``question`` (str), ``candidates`` (2+ strings),
+    ``answer`` (1-based index), optional ``system``."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(str(path), number, f"not valid JSON: {error.msg}") from None
+            if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+                raise DataError(str(path), number, "needs a string question", "question")
+            candidates = row.get("candidates")
+            if not isinstance(candidates, list) or len(candidates) < 2 or not all(isinstance(c, str) for c in candidates):
+                raise DataError(str(path), number, "needs a list of at least two string candidates", "candidates")
+            answer = row.get("answer")
+            if not isinstance(answer, int) or not 1 <= answer <= len(candidates):
+                raise DataError(str(path), number, f"answer must be a 1-based index into candidates (1..{len(candidates)})",
+                                "answer")
+            rows.append(row)
+    return rows
+
+
+def mc_task(chat_model, path: str, limit: int | None = None, batch_size: int = 6) -> dict:
+    rows = read_mc(path)[:limit]
+    prompts = [([{"role": "system", "content": r["system"]}] if r.get("system") else [])
+               + [{"role": "user", "content": r["question"]}] for r in rows]
+    return _choice_metrics(chat_model, prompts, [r["candidates"] for r in rows], [r["answer"] - 1 for r in rows],
+                           None, batch_size, Path(path).stem)
