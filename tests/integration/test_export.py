@@ -52,6 +52,7 @@ def test_merging_ptuning_is_refused(tiny_runs, tmp_path):
 
 def test_qlora_settings_of_the_run_are_used_to_reload_its_base(tiny_model_dir, tmp_path):
     from conftest import tiny_train_config
+
     from fatune import train
 
     result = train(tiny_train_config(tiny_model_dir, tmp_path / "run", "qlora", "train.max_steps=1",

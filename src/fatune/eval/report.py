@@ -20,12 +20,12 @@ from fatune.eval.run import evaluate, run_dir_of
 log = logging.getLogger(__name__)
 
 
-def _entry(target: str, limit: int, max_new_tokens: int) -> dict:
+def _entry(target: str, limit: int, max_new_tokens: int, metrics_file: Path | None = None) -> dict:
     run_dir = run_dir_of(target)
     entry = {"name": Path(target).name if run_dir else target, "target": target, "run": run_dir, "errors": {}}
     summary_file = run_dir / "train_summary.json" if run_dir else None
     entry["summary"] = json.loads(summary_file.read_text()) if summary_file and summary_file.exists() else {}
-    metrics_file = run_dir / "eval" / "metrics.json" if run_dir else None
+    metrics_file = metrics_file or (run_dir / "eval" / "metrics.json" if run_dir else None)
     if metrics_file and metrics_file.exists():
         entry["metrics"] = json.loads(metrics_file.read_text())
         return entry
@@ -149,11 +149,13 @@ def _html(header, rows, entries, answers, images) -> str:
             f"</head><body><h1>fatune comparison</h1>{table}{inline}<h2>Side-by-side answers</h2>{side}</body></html>\n")
 
 
-def compare(targets: list[str], out: str | Path, limit: int = 8, max_new_tokens: int = 96) -> Path:
-    """Write the comparison report for ``targets`` (run dirs, model dirs or ids) into ``out``."""
+def compare(targets: list[str], out: str | Path, limit: int = 8, max_new_tokens: int = 96,
+            precomputed: dict[str, Path] | None = None) -> Path:
+    """Write the comparison report for ``targets`` (run dirs, model dirs or ids) into ``out``.
+    ``precomputed`` maps a target to a metrics JSON already written for it (e.g. a base model's)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    entries = [_entry(t, limit, max_new_tokens) for t in targets]
+    entries = [_entry(t, limit, max_new_tokens, (precomputed or {}).get(t)) for t in targets]
     header, rows = _table(entries)
     answers = _answers(entries)
     images = _charts(entries, out)

@@ -39,8 +39,11 @@ def run_dir_of(run_or_model: str) -> Path | None:
 
 
 def evaluate(run_or_model: str, tasks: str, limit: int | None = None, max_new_tokens: int = 128,
-             batch_size: int = 6, out: str | Path | None = None, chat_model=None) -> dict:
-    """Run ``tasks`` (comma-separated) and return ``{task: metrics, ..., "_meta": ...}``."""
+             batch_size: int = 6, out: str | Path | None = None, chat_model=None,
+             loss_run: str | Path | None = None) -> dict:
+    """Run ``tasks`` (comma-separated) and return ``{task: metrics, ..., "_meta": ...}``.
+
+    ``loss_run``: for a base model, whose validation split to score ``loss`` on (a run of that base)."""
     from fatune.eval import tasks as task_functions
     from fatune.generation import load
     from fatune.training.final import versions
@@ -49,10 +52,11 @@ def evaluate(run_or_model: str, tasks: str, limit: int | None = None, max_new_to
     started = time.perf_counter()
     model = chat_model or load(run_or_model)
     run_dir = run_dir_of(run_or_model)
+    loss_dir = run_dir or (Path(loss_run) if loss_run else None)
     results: dict = {}
     for name, path in plan:
         if name == "loss":
-            results["loss"] = task_functions.loss_task(model, run_dir, path, limit)
+            results["loss"] = task_functions.loss_task(model, loss_dir, path, limit)
         elif name == "fidelity":
             results["fidelity"] = task_functions.fidelity_task(model, path, limit, max_new_tokens, batch_size)
         elif name == "farstail":

@@ -1,0 +1,99 @@
+"""fatune eval, compare and demo end to end on tiny models."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import FARSTAIL, run_cli, write_jsonl
+
+from fatune.eval.run import evaluate
+from fatune.generation import load
+
+
+def test_loss_fidelity_farstail_and_mc_with_limit(tiny_runs, tmp_path):
+    mc = write_jsonl(tmp_path / "quiz.jsonl", [
+        {"question": "پایتخت ایران کجاست؟", "candidates": ["تهران", "کابل", "دوشنبه"], "answer": 1},
+        {"system": "کوتاه پاسخ بده.", "question": "۲+۲ چند می‌شود؟", "candidates": ["سه", "چهار"], "answer": 2}])
+    out = tmp_path / "metrics.json"
+    results = evaluate(str(tiny_runs["lora"]), f"loss,fidelity,farstail:{FARSTAIL / 'test.tsv'},mc:{mc}",
+                       limit=3, max_new_tokens=8, out=out)
+    assert set(results) == {"loss", "fidelity", "farstail", "mc:quiz", "_meta"}
+    loss = results["loss"]
+    assert loss["rows"] <= 3 and loss["bits_per_byte"] > 0 and math.isclose(loss["perplexity"], math.exp(loss["loss"]),
+                                                                             rel_tol=1e-3)
+    fidelity = results["fidelity"]
+    assert fidelity["n"] == 3 and len(fidelity["samples"]) == 3
+    for key in ("persian_share", "mostly_persian_rate", "empty_rate", "echo_rate", "degenerate_rate",
+                "hit_limit_rate", "clean_persian_rate"):
+        assert 0 <= fidelity[key] <= 1
+    farstail = results["farstail"]
+    assert farstail["total"] == 3 and 0 <= farstail["accuracy"] <= 1 and len(farstail["accuracy_ci95"]) == 2
+    assert set(farstail["confusion"]) == {"e", "n", "c"} and 0 <= farstail["generated_exact_match"] <= 1
+    assert results["mc:quiz"]["total"] == 2
+    assert json.loads(out.read_text())["_meta"]["settings"]["limit"] == 3
+    assert (tiny_runs["lora"] / "eval" / "metrics.json").exists()  # a run dir also keeps its metrics
+
+
+def test_option_scores_are_the_summed_answer_token_logprobs(tiny_runs):
+    from fatune.data import render
+    from fatune.eval.choice import option_loglikelihoods
+
+    model = load(str(tiny_runs["full"]))
+    prompt = [{"role": "user", "content": "سلام"}]
+    scores = option_loglikelihoods(model, [prompt], [["درود", "خداحافظ"]])[0]
+    for option, score in zip(["درود", "خداحافظ"], scores):
+        sample = render(prompt + [{"role": "assistant", "content": option}], model.tokenizer, model.template)
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model.model(input_ids=torch.tensor([sample["input_ids"]])).logits[0], -1)
+        expected = sum(logprobs[i - 1, t].item() for i, (t, l) in enumerate(zip(sample["input_ids"], sample["labels"]))
+                       if l != -100)
+        assert math.isclose(score, expected, rel_tol=1e-4)
+
+
+def test_ptuning_scoring_skips_the_virtual_positions(tiny_runs):
+    from fatune.eval.choice import option_loglikelihoods
+
+    model = load(str(tiny_runs["ptuning"]))
+    scores = option_loglikelihoods(model, [[{"role": "user", "content": "سلام"}]] * 2, [["الف", "ب"], ["ب", "الف"]],
+                                   batch_size=1)
+    assert scores[0] == pytest.approx(scores[1][::-1], rel=1e-5)  # same options, same scores, any order
+
+
+@pytest.mark.parametrize("tasks, message", [("bleu", "unknown eval task 'bleu'"), ("mc", "the mc task needs a file")])
+def test_bad_task_lists_are_one_line(tiny_runs, tasks, message):
+    result = run_cli("eval", tiny_runs["lora"], "--tasks", tasks)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_mc_file_names_the_line(tiny_runs, tmp_path):
+    mc = write_jsonl(tmp_path / "bad.jsonl", [{"question": "x", "candidates": ["a", "b"], "answer": 1},
+                                             {"question": "y", "candidates": ["a", "b"], "answer": 3}])
+    result = run_cli("eval", tiny_runs["lora"], "--tasks", f"mc:{mc}")
+    assert result.returncode == 2 and f"{mc}:2: answer must be a 1-based index" in result.stderr
+
+
+def test_compare_two_runs_and_a_base(tiny_runs, tiny_model_dir, tmp_path):
+    from fatune.eval.report import compare
+
+    report = compare([str(tiny_model_dir), str(tiny_runs["lora"]), str(tiny_runs["ptuning"])], tmp_path / "report",
+                     limit=2, max_new_tokens=6)
+    md = (tmp_path / "report" / "report.md").read_text()
+    html = report.read_text()
+    assert md.count("\n| ") >= 4  # header + 3 rows
+    assert "| lora |" in md and "| ptuning |" in md and "base model: no run" in md  # n/a with its reason
+    assert (tmp_path / "report" / "quality.png").stat().st_size > 0
+    assert (tmp_path / "report" / "loss_curves.png").stat().st_size > 0
+    assert html.count("data:image/png;base64,") == 2 and 'dir="rtl"' in html and "http" not in html.split("<body>")[1]
+    assert "Side-by-side answers" in md and md.count("**lora**:") == md.count("\n### ") >= 2  # one per prompt
+
+
+def test_demo_pipeline_at_tiny_scale(tiny_model_dir, tmp_path):
+    from fatune.demo import run_demo
+
+    report = run_demo(tmp_path / "demo", steps=2, model=str(tiny_model_dir), fidelity_limit=2, max_new_tokens=6,
+                      max_length=128, farstail=str(FARSTAIL / "val.tsv"), farstail_limit=3)
+    md = report.with_suffix(".md").read_text()
+    for method in ("ptuning", "lora", "qlora", "embed_head"):
+        assert f"| {method} |" in md and (tmp_path / "demo" / method / "train_summary.json").exists()
+    assert "n/a" not in md.split("\n")[5]  # the first trained run (ptuning) has every metric
