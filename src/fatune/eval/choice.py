@@ -20,6 +20,8 @@ def option_loglikelihoods(chat_model, prompts: Sequence[list[dict]], options: Se
     flat = [(i, list(prompt) + [{"role": "assistant", "content": option}])
             for i, (prompt, choices) in enumerate(zip(prompts, options)) for option in choices]
     scores: list[list[float]] = [[] for _ in prompts]
+    if chat_model.loaded.is_prompt_learning:
+        batch_size = 1  # PEFT prompt learning ignores position_ids, so rows must not be padded
     for start in range(0, len(flat), batch_size):
         chunk = flat[start:start + batch_size]
         conversations = [chat_model.normalized(messages) for _, messages in chunk]
@@ -33,17 +35,23 @@ def option_loglikelihoods(chat_model, prompts: Sequence[list[dict]], options: Se
 
 
 def sequence_loglikelihoods(model, samples: Sequence[dict], pad_id: int) -> list[float]:
-    """Summed log-probability of the labelled tokens of each rendered sample (one right-padded batch)."""
+    """Summed log-probability of the labelled tokens of each rendered sample, in one left-padded batch.
+
+    The labelled tokens (an answer and its end-of-turn) sit at the end of every sample, so with left
+    padding they line up and the LM head runs only over the last few positions (``logits_to_keep``):
+    with Gemma's 262k vocabulary, full logits for a batch of prompts would cost more than the model.
+    """
     width = max(len(s["input_ids"]) for s in samples)
-    ids = torch.tensor([s["input_ids"] + [pad_id] * (width - len(s["input_ids"])) for s in samples])
-    labels = torch.tensor([s["labels"] + [IGNORE] * (width - len(s["labels"])) for s in samples])
-    mask = torch.tensor([[1] * len(s["input_ids"]) + [0] * (width - len(s["input_ids"])) for s in samples])
+    keep = max(len(s["labels"]) - next(i for i, l in enumerate(s["labels"]) if l != IGNORE) for s in samples) + 1
+    ids = torch.tensor([[pad_id] * (width - len(s["input_ids"])) + s["input_ids"] for s in samples])
+    labels = torch.tensor([[IGNORE] * (width - len(s["labels"])) + s["labels"] for s in samples])
+    mask = (torch.arange(width).unsqueeze(0) >= torch.tensor([[width - len(s["input_ids"])] for s in samples])).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # outside generate, left padding needs explicit positions
     with torch.no_grad():
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-    logits = logits[:, -width:]  # prompt learning prepends virtual tokens: keep the real positions
-    targets = labels[:, 1:].to(logits.device)
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                       position_ids=positions.to(model.device), logits_to_keep=keep).logits[:, -keep:]
+    targets = labels[:, -keep + 1:].to(logits.device)
     scored = targets != IGNORE
-    # log-softmax only where an answer token is predicted: the full [batch, length, 262k] would be huge
     logprobs = torch.log_softmax(logits[:, :-1][scored].float(), dim=-1)
     picked = logprobs.gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
     rows = torch.arange(len(samples), device=logits.device).unsqueeze(1).expand_as(targets)[scored]
