@@ -97,3 +97,23 @@ def test_demo_pipeline_at_tiny_scale(tiny_model_dir, tmp_path):
     for method in ("ptuning", "lora", "qlora", "embed_head"):
         assert f"| {method} |" in md and (tmp_path / "demo" / method / "train_summary.json").exists()
     assert "n/a" not in md.split("\n")[5]  # the first trained run (ptuning) has every metric
+
+
+def test_farstail_without_a_path_fails_offline_with_one_clear_line(tiny_runs, tmp_path, monkeypatch):
+    from fatune.errors import FatuneError
+    from fatune.eval import tasks
+
+    monkeypatch.setenv("FATUNE_CACHE", str(tmp_path))  # no cached copy
+    monkeypatch.setattr(tasks, "farstail_url", lambda: "http://127.0.0.1:9/Test-word.csv")  # nothing listens
+    with pytest.raises(FatuneError, match="could not download the FarsTail test set .*pass a local copy"):
+        evaluate(str(tiny_runs["lora"]), "farstail", limit=2)
+
+
+def test_report_says_when_farstail_was_skipped(tiny_runs, tmp_path):
+    from fatune.eval.report import compare
+
+    metrics = tmp_path / "m.json"
+    metrics.write_text(json.dumps({"farstail": {"skipped": "farstail: could not download"}}))
+    md = compare([str(tiny_runs["lora"])], tmp_path / "r", limit=1, max_new_tokens=4,
+                 precomputed={str(tiny_runs["lora"]): metrics}).with_suffix(".md").read_text()
+    assert "n/a (skipped: farstail: could not download)" in md

@@ -41,6 +41,8 @@ def _entry(target: str, limit: int, max_new_tokens: int, metrics_file: Path | No
 
 def _value(entry: dict, task: str, key: str, fmt: str = "{:.3f}"):
     values = entry["metrics"].get(task)
+    if values and "skipped" in values:
+        return f"n/a (skipped: {values['skipped'][:80]})"
     if not values or values.get(key) is None:
         reason = entry["errors"].get(task) or ("not computed" if task != "loss" or entry["run"] else "base model: no run")
         return f"n/a ({reason[:80]})"

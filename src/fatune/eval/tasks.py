@@ -104,6 +104,10 @@ def _choice_metrics(chat_model, prompts, options, gold: list[int], labels: list[
     return result
 
 
+def farstail_url() -> str:
+    return FARSTAIL_TEST_URL
+
+
 def _farstail_file(path: str | None) -> Path:
     if path:
         if not Path(path).exists():
@@ -116,7 +120,7 @@ def _farstail_file(path: str | None) -> Path:
         import urllib.request
 
         try:
-            with urllib.request.urlopen(FARSTAIL_TEST_URL, timeout=10) as response:
+            with urllib.request.urlopen(farstail_url(), timeout=10) as response:
                 data = response.read()
         except OSError as error:
             raise FatuneError(f"farstail: could not download the FarsTail test set ({error}); pass a local copy "
