@@ -34,6 +34,14 @@ def option_loglikelihoods(chat_model, prompts: Sequence[list[dict]], options: Se
     return scores
 
 
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the labelled ``targets`` under ``logits`` (already aligned: position t predicts
+    target t), computed only where a target is labelled, and the mask of those positions."""
+    scored = targets != IGNORE
+    logprobs = torch.log_softmax(logits[scored].float(), dim=-1)
+    return logprobs.gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1), scored
+
+
 def sequence_loglikelihoods(model, samples: Sequence[dict], pad_id: int) -> list[float]:
     """Summed log-probability of the labelled tokens of each rendered sample, in one left-padded batch.
 
@@ -51,8 +59,6 @@ def sequence_loglikelihoods(model, samples: Sequence[dict], pad_id: int) -> list
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                        position_ids=positions.to(model.device), logits_to_keep=keep).logits[:, -keep:]
     targets = labels[:, -keep + 1:].to(logits.device)
-    scored = targets != IGNORE
-    logprobs = torch.log_softmax(logits[:, :-1][scored].float(), dim=-1)
-    picked = logprobs.gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
+    picked, scored = target_logprobs(logits[:, :-1], targets)
     rows = torch.arange(len(samples), device=logits.device).unsqueeze(1).expand_as(targets)[scored]
     return torch.zeros(len(samples), device=logits.device).index_add_(0, rows, picked).tolist()

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fatune.data.render import IGNORE, render_batch, trained_spans, truncate
+from fatune.data.render import render_batch, trained_spans, truncate
 from fatune.errors import DataError, FatuneError
 from fatune.eval import metrics
-from fatune.eval.choice import option_loglikelihoods
+from fatune.eval.choice import option_loglikelihoods, target_logprobs
 
 FARSTAIL_TEST_URL = "https://raw.githubusercontent.com/dml-qom/FarsTail/master/data/Test-word.csv"
 
@@ -59,10 +59,8 @@ def loss_task(chat_model, run_dir: Path | None = None, path: str | None = None, 
         kwargs = {"position_ids": torch.tensor([row["position_ids"]], device=model.device)} if packed_ok else {}
         with torch.no_grad():
             logits = model(input_ids=ids, use_cache=False, **kwargs).logits[:, -ids.shape[1]:]
-        targets = torch.tensor(row["labels"][1:], device=model.device)
-        scored = targets != IGNORE
-        logprobs = torch.log_softmax(logits[0, :-1][scored].float(), dim=-1)
-        nll -= logprobs.gather(-1, targets[scored].unsqueeze(-1)).sum().item()
+        picked, scored = target_logprobs(logits[0, :-1], torch.tensor(row["labels"][1:], device=model.device))
+        nll -= picked.sum().item()
         tokens += int(scored.sum())
         for span in trained_spans(row):
             text_bytes += len(chat_model.tokenizer.decode(span, skip_special_tokens=True).encode("utf-8"))
