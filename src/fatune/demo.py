@@ -62,6 +62,15 @@ def run_demo(out: str | Path = "runs/demo", steps: int = 20, farstail: str | Non
     say(stages - 1, "evaluating the base model and every run")
     # Everyone's loss on the same validation conversations: the base model's is the "before".
     loss_run = next((run for run in runs if Path(run).name == "lora"), runs[0])
+    farstail_skipped = None
+    if not farstail:  # try the public test set once, not once per model
+        from fatune.eval.tasks import _farstail_file
+
+        try:
+            farstail = str(_farstail_file(None))
+        except FatuneError as error:
+            farstail_skipped = str(error)
+            print(f"  FarsTail skipped: {error}", flush=True)
     for target in [model, *runs]:
         name = Path(target).name if target in runs else target
         print(f"  {name}", flush=True)
@@ -69,12 +78,11 @@ def run_demo(out: str | Path = "runs/demo", steps: int = 20, farstail: str | Non
         results = evaluate(target, "loss", chat_model=chat_model, loss_run=loss_run)
         results["fidelity"] = evaluate(target, "fidelity", limit=fidelity_limit, max_new_tokens=max_new_tokens,
                                        chat_model=chat_model)["fidelity"]
-        try:  # a given file, else the public test set when it can be downloaded
-            task = f"farstail:{farstail}" if farstail else "farstail"
-            results["farstail"] = evaluate(target, task, limit=farstail_limit, chat_model=chat_model)["farstail"]
-        except FatuneError as error:
-            results["farstail"] = {"skipped": str(error)}
-            print(f"  FarsTail skipped: {error}", flush=True)
+        if farstail_skipped:
+            results["farstail"] = {"skipped": farstail_skipped}
+        else:
+            results["farstail"] = evaluate(target, f"farstail:{farstail}", limit=farstail_limit,
+                                           chat_model=chat_model)["farstail"]
         path = out / "eval" / f"{Path(name).name.replace(':', '-')}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2, ensure_ascii=False))
