@@ -10,7 +10,7 @@ from fatune.data import render_prompt
 from fatune.generation import load
 from fatune.generation.engine import ChatModel
 from fatune.generation.loading import Loaded
-from fatune.testing import tiny_gemma2
+from fatune.testing import tiny_gemma2, tiny_gemma3
 
 PROMPTS = [
     [{"role": "user", "content": "سلام. تو کی هستی؟"}],
@@ -20,16 +20,6 @@ PROMPTS = [
     [{"role": "user", "content": "پایتخت ایران کجاست؟"}, {"role": "assistant", "content": "تهران."},
      {"role": "user", "content": "جمعیتش چقدر است؟"}],
 ]
-
-
-def tiny_gemma3(vocab_size):
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=16,
-                              attn_implementation="eager", pad_token_id=0, eos_token_id=1, bos_token_id=2)
-    return Gemma3ForCausalLM(config).eval()
 
 
 @pytest.fixture(params=["gemma2", "gemma3"])

@@ -10,7 +10,7 @@ import torch
 
 from fatune.errors import FatuneError
 from fatune.methods import embed_head
-from fatune.testing import tiny_gemma2
+from fatune.testing import tiny_gemma2, tiny_gemma3
 
 TEXT = "سلام! من یک دستیار هوش مصنوعی هستم. hello world, پایتخت ایران تهران است."
 
@@ -22,16 +22,6 @@ def cfg(rows):
 def batch_for(tok):
     ids = tok(TEXT, return_tensors="pt")["input_ids"]
     return {"input_ids": ids, "labels": ids.clone()}
-
-
-def tiny_gemma3(vocab_size, seed=0):
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(seed)
-    config = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=16,
-                              pad_token_id=0, eos_token_id=1, bos_token_id=2, attn_implementation="eager")
-    return Gemma3ForCausalLM(config).eval()
 
 
 def snapshot(model):

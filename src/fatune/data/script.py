@@ -19,6 +19,11 @@ def letter_counts(text: str) -> tuple[int, int]:
     return sum(1 for c in letters if _PERSIAN_LETTER.match(c)), len(letters)
 
 
+def has_persian_letter(text: str) -> bool:
+    """True when ``text`` holds at least one Persian-script letter."""
+    return any(c.isalpha() and _PERSIAN_LETTER.match(c) for c in text)
+
+
 def persian_share(text: str) -> float:
     """Share of letters in Persian script, in [0, 1]; 0.0 for text with no letters."""
     persian, total = letter_counts(text)

@@ -20,13 +20,13 @@ from functools import partial
 import torch
 from torch import nn
 
-from fatune.data.script import letter_counts
+from fatune.data.script import has_persian_letter
+from fatune.data.templates import TURN_TOKENS as TEMPLATE_TURN_TOKENS
 from fatune.errors import FatuneError
 
-# Turn markers of Gemma and ChatML: they open and close every assistant reply, so they must train too.
-TURN_TOKENS = ("<start_of_turn>", "<end_of_turn>", "<|im_start|>", "<|im_end|>")
-# Any character of the Arabic-script blocks; a cheap pre-filter before the exact letter test.
-_ARABIC_BLOCKS = ("\u0600", "\u06ff"), ("\u0750", "\u077f"), ("\ufb50", "\ufdff"), ("\ufe70", "\ufeff")
+# Turn markers of Gemma and ChatML (the templates' own list): they open and close every assistant reply,
+# so they must train too.
+TURN_TOKENS = tuple(token for pair in TEMPLATE_TURN_TOKENS for token in pair)
 _STATE = "_fatune_embed_head"  # attribute on the input-embedding module; survives Trainer/PEFT wrapping
 
 
@@ -35,12 +35,6 @@ class _State:
     rows: str
     n_rows: int
     handles: list = field(default_factory=list)
-
-
-def _has_arabic_letter(text: str) -> bool:
-    if not any(lo <= c <= hi for c in text for lo, hi in _ARABIC_BLOCKS):
-        return False
-    return letter_counts(text)[0] > 0
 
 
 def persian_token_ids(tokenizer) -> list[int]:
@@ -53,7 +47,7 @@ def persian_token_ids(tokenizer) -> list[int]:
         texts = tokenizer.batch_decode([[i] for i in range(size)])
     else:
         texts = tokenizer.convert_ids_to_tokens(list(range(size)))
-    ids = {i for i, text in enumerate(texts) if text and _has_arabic_letter(text.replace("\u2581", ""))}
+    ids = {i for i, text in enumerate(texts) if text and has_persian_letter(text.replace("\u2581", ""))}
     ids.update(i for i in tokenizer.all_special_ids if i is not None)
     for token in TURN_TOKENS:
         token_id = tokenizer.convert_tokens_to_ids(token)
