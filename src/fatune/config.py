@@ -29,9 +29,11 @@ class ModelConfig(Section):
     template: Literal["auto", "gemma", "chatml", "hf"] = "auto"
     """Chat template: ``gemma`` (system folded into the first user turn), ``chatml`` (the seed's),
     ``hf`` (the tokenizer's own) or ``auto`` (``hf`` if the tokenizer has one, else ``gemma``)."""
-    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
-    """Attention kernel. ``auto``: Gemma 2 gets flash_attention_2 (>= 2.6.3, for soft-capping) on CUDA
-    when installed, else eager, never sdpa (it ignores Gemma 2's soft-capping); other models: transformers' default."""
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "fatune_varlen"] = "auto"
+    """Attention kernel. ``auto``: padding-free training gets flash_attention_2 (>= 2.6.3) on CUDA when
+    installed, else ``fatune_varlen`` (sdpa, or eager math for Gemma 2's soft-capping, once per packed
+    conversation); otherwise Gemma 2 gets eager (never sdpa: it ignores soft-capping) and other models
+    transformers' default."""
 
 
 class DataConfig(Section):
@@ -147,7 +149,15 @@ class TrainConfig(Section):
     seed: int = 42
     """Seed for model init, dropout and data order."""
     num_workers: int = Field(0, ge=0)
-    """Data loader worker processes (0: load in the training process)."""
+    """Data loader worker processes (0: load in the training process; collating pre-tokenized rows
+    takes well under 1% of a step, measured in docs/benchmarks.md)."""
+    padding_free: bool = True
+    """Concatenate each batch's rows into one row (no pad tokens; attention kept per conversation).
+    false: right-pad rows to the longest. P-Tuning always pads (PEFT prompt learning needs a mask)."""
+    fused_head: bool = True
+    """Project the LM head only at trained positions, in chunks, with the loss and its gradient fused,
+    so that full ``(tokens x vocab)`` logits never exist. false: the model's own loss over full logits.
+    Models whose head is hooked or PEFT-wrapped (embed_head with a row subset) always use their own."""
 
 
 class EvalConfig(Section):

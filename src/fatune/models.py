@@ -126,33 +126,44 @@ def load_tokenizer(name: str):
                           "internet access.") from None
 
 
-def attention_for(model_type: str, requested: str = "auto") -> str | None:
+def has_flash_attention() -> bool:
+    """CUDA and flash-attn >= 2.6.3 (the first with soft-capping, which Gemma 2 needs)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from importlib.metadata import version
+
+        from packaging.version import Version
+
+        return Version(version("flash_attn")) >= Version("2.6.3")
+    except Exception:  # not installed (or unreadable version)
+        return False
+
+
+def attention_for(model_type: str, requested: str = "auto", padding_free: bool = False) -> str | None:
     """The attention kernel to load a model with.
 
-    Gemma 2 soft-caps its attention logits and sdpa ignores that (transformers refuses sdpa for it), so
-    Gemma 2 gets flash_attention_2 (>= 2.6.3, the first with softcap) on CUDA when installed, else eager.
-    Other models keep transformers' default unless asked otherwise.
+    Padding-free training (several conversations in one row) wants varlen attention: flash_attention_2
+    when installed, else fatune's own ``fatune_varlen`` (see ``fatune.training.attention``). Otherwise
+    Gemma 2, which soft-caps its attention logits (sdpa ignores that; transformers refuses it), gets
+    flash_attention_2 when installed, else eager; other models keep transformers' default.
     """
     if model_type == "gemma2" and requested == "sdpa":
-        raise FatuneError("model.attn_implementation: sdpa ignores Gemma 2's attention soft-capping; use eager or "
-                          "flash_attention_2")
+        raise FatuneError("model.attn_implementation: sdpa ignores Gemma 2's attention soft-capping; use eager, "
+                          "fatune_varlen or flash_attention_2")
+    if requested == "auto" and padding_free:
+        requested = "flash_attention_2" if has_flash_attention() else "fatune_varlen"
+    if requested == "fatune_varlen":
+        from fatune.training.attention import register
+
+        return register()
     if requested != "auto":
         return requested
     if model_type != "gemma2":
         return None
-    import torch
-
-    if torch.cuda.is_available():
-        try:
-            from importlib.metadata import version
-
-            from packaging.version import Version
-
-            if Version(version("flash_attn")) >= Version("2.6.3"):
-                return "flash_attention_2"
-        except Exception:  # not installed (or unreadable version): eager is always correct
-            pass
-    return "eager"
+    return "flash_attention_2" if has_flash_attention() else "eager"
 
 
 def load_config(name: str):
@@ -168,7 +179,8 @@ def load_config(name: str):
                               "directory, a pypi: alias, or a hub id on a machine with internet access.") from None
 
 
-def load_model(name: str, dtype=None, attn_implementation: str = "auto", quantization_config=None, **kwargs):
+def load_model(name: str, dtype=None, attn_implementation: str = "auto", quantization_config=None,
+               padding_free: bool = False, **kwargs):
     """Load a causal LM: fp32 on CPU unless ``dtype`` says otherwise, 4-bit when given a
     ``quantization_config``, with the attention kernel ``attention_for`` picks."""
     import torch
@@ -180,4 +192,4 @@ def load_model(name: str, dtype=None, attn_implementation: str = "auto", quantiz
     with offline_unless_reachable():
         return AutoModelForCausalLM.from_pretrained(
             resolve(name), dtype=dtype or torch.float32, quantization_config=quantization_config,
-            attn_implementation=attention_for(config.model_type, attn_implementation), **kwargs)
+            attn_implementation=attention_for(config.model_type, attn_implementation, padding_free), **kwargs)

@@ -15,7 +15,7 @@ from fatune.training.collator import RowCollator
 def batch(tok, n=2):
     conversations = list(load_conversations("fatune:sample"))[:n]
     rows = unpacked(render_batch(conversations, tok, "gemma"))
-    return RowCollator(tok.pad_token_id, packed=False)(rows)
+    return RowCollator(tok.pad_token_id, layout="masked")(rows)
 
 
 def snapshot(model):

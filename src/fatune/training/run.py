@@ -56,13 +56,20 @@ def _check_run_dir(out: Path, config, overwrite: bool) -> None:
     saved.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
 
 
+def layout_for(config) -> str:
+    """How batches are laid out (see ``collator``): P-Tuning needs an attention mask."""
+    if config.method.name == "ptuning":
+        return "masked"
+    return "flat" if config.train.padding_free else "padded"
+
+
 def _load_base(config, model_type: str, dtype):
     from fatune.methods.qlora import quantization_config
     from fatune.models import load_model
 
     quantization = quantization_config(config.method) if config.method.load_in_4bit else None
     return load_model(config.model.path, dtype=dtype, attn_implementation=config.model.attn_implementation,
-                      quantization_config=quantization)
+                      quantization_config=quantization, padding_free=layout_for(config) == "flat")
 
 
 @dataclass
@@ -111,9 +118,9 @@ def train(config, overwrite: bool = False) -> TrainResult:
             val = val.select(range(config.eval.max_rows))
         trainer = FatuneTrainer(
             model=model, args=args, train_dataset=prepared.train, eval_dataset=val if len(val) else None,
-            data_collator=RowCollator(tokenizer.pad_token_id, packed=config.data.packing),
+            data_collator=RowCollator(tokenizer.pad_token_id, layout=layout_for(config)),
             processing_class=tokenizer, callbacks=[MetricsLog(out), LossCurve(out), *_tensorboard(out)],
-            run_dir=out, keep_checkpoints=config.train.save_total_limit)
+            run_dir=out, keep_checkpoints=config.train.save_total_limit, fused_head=config.train.fused_head)
         _use_own_progress_bar(trainer)
         resume = latest_checkpoint(out)
         if resume is not None:

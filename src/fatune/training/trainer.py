@@ -7,6 +7,9 @@ What it lacks, and is added here:
 * Checkpoints are written into ``checkpoints/.tmp-step-N`` and renamed to ``step-N`` only when
   complete, so a run killed mid-save never leaves a half checkpoint that a resume would pick up.
 * A non-finite loss stops the run before the optimizer applies it, leaving the last good checkpoint.
+* With ``fused_head`` the loss comes from ``fatune.training.head`` (LM head only at trained positions,
+  no full logits), in training and evaluation alike; the Trainer's token counting and loss scaling
+  (``num_items_in_batch``, gradient accumulation, DDP) are unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 
 from fatune.errors import FatuneError
+from fatune.training import head
 from fatune.training.rundir import rotate
+
+
+def _causal_lm(model):
+    """The transformers causal LM inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 class NonFiniteLoss(FatuneError):
@@ -28,10 +37,16 @@ class NonFiniteLoss(FatuneError):
 
 
 class FatuneTrainer(Trainer):
-    def __init__(self, *args, run_dir: Path, keep_checkpoints: int | None, **kwargs):
+    def __init__(self, *args, run_dir: Path, keep_checkpoints: int | None, fused_head: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_dir = Path(run_dir)
         self.keep_checkpoints = keep_checkpoints
+        self.fused_head = fused_head and head.install(_causal_lm(self.model))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.fused_head:
+            inputs = {**inputs, "fused_head_loss": True}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
