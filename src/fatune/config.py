@@ -154,6 +154,9 @@ class TrainConfig(Section):
     padding_free: bool = True
     """Concatenate each batch's rows into one row (no pad tokens; attention kept per conversation).
     false: right-pad rows to the longest. P-Tuning always pads (PEFT prompt learning needs a mask)."""
+    compile: bool = False
+    """``torch.compile`` the model (the HF Trainer's ``torch_compile``). Off: on the 2-core CPU the
+    compilation took longer than it saved over a short run (docs/benchmarks.md); try it on GPUs."""
     fused_head: bool = True
     """Project the LM head only at trained positions, in chunks, with the loss and its gradient fused,
     so that full ``(tokens x vocab)`` logits never exist. false: the model's own loss over full logits.

@@ -30,33 +30,39 @@ def _reference_loss(hidden, weight, labels, softcap):
 
 @pytest.mark.parametrize("softcap", [None, 30.0])
 @pytest.mark.parametrize("chunk_tokens", [1, 7, 4096])
-def test_fused_head_equals_full_logits(softcap, chunk_tokens):
+@pytest.mark.parametrize("trained_head", [False, True], ids=["frozen_head", "trained_head"])
+def test_fused_head_equals_full_logits(softcap, chunk_tokens, trained_head, monkeypatch):
+    monkeypatch.setattr(head, "VOCAB_TILE", 16)  # several tiles (and a ragged last one) of the 101 rows
     torch.manual_seed(0)
     hidden = torch.randn(2, 37, 16, dtype=torch.float64, requires_grad=True)
-    weight = (torch.randn(101, 16, dtype=torch.float64) * 3).requires_grad_()
+    weight = (torch.randn(101, 16, dtype=torch.float64) * 3).requires_grad_(trained_head)
     labels = torch.randint(0, 101, (2, 37))
     labels[torch.rand(2, 37) < 0.4] = IGNORE
+    inputs = (hidden, weight) if trained_head else (hidden,)
     expected = _reference_loss(hidden, weight, labels, softcap)
-    expected_grads = torch.autograd.grad(expected * 0.37, (hidden, weight))
+    expected_grads = torch.autograd.grad(expected * 0.37, inputs)
 
     total, count = head.fused_head_loss_sum(hidden, weight, labels, softcap, chunk_tokens)
-    grads = torch.autograd.grad(total * 0.37, (hidden, weight))
+    grads = torch.autograd.grad(total * 0.37, inputs)
     assert count == (labels[:, 1:] != IGNORE).sum()
     torch.testing.assert_close(total, expected, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_fused_head_fp32_tight():
+@pytest.mark.parametrize("trained_head", [False, True], ids=["frozen_head", "trained_head"])
+def test_fused_head_fp32_tight(trained_head, monkeypatch):
+    monkeypatch.setattr(head, "VOCAB_TILE", 128)
     torch.manual_seed(1)
     hidden = torch.randn(3, 50, 32, requires_grad=True)
-    weight = torch.randn(997, 32, requires_grad=True)
+    weight = torch.randn(997, 32, requires_grad=trained_head)
     labels = torch.randint(0, 997, (3, 50))
     labels[:, :10] = IGNORE
+    inputs = (hidden, weight) if trained_head else (hidden,)
     expected = _reference_loss(hidden, weight, labels, None) / 120
-    expected_grads = torch.autograd.grad(expected, (hidden, weight))
+    expected_grads = torch.autograd.grad(expected, inputs)
     total, count = head.fused_head_loss_sum(hidden, weight, labels, chunk_tokens=16)
-    grads = torch.autograd.grad(total / count, (hidden, weight))
+    grads = torch.autograd.grad(total / count, inputs)
     torch.testing.assert_close(total / count, expected, rtol=1e-6, atol=1e-6)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)

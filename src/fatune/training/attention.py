@@ -37,12 +37,12 @@ def _segments(position_ids: torch.Tensor | None, batch: int, length: int) -> lis
 def _attend(query, key, value, mask, scaling, softcap, causal):
     """(heads, q, d) attention over (kv_heads, k, d); ``mask`` is boolean (True = attend) or None."""
     groups = query.shape[-3] // key.shape[-3]
+    if softcap is None:  # sdpa shares each key/value head among its query heads without copying them
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
+                                              is_causal=causal and mask is None, enable_gqa=groups > 1)
     if groups > 1:
         key = key.repeat_interleave(groups, dim=-3)
         value = value.repeat_interleave(groups, dim=-3)
-    if softcap is None:
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
-                                              is_causal=causal and mask is None)
     # Gemma 2 soft-caps the scores before the softmax, which sdpa cannot do: the eager math, in fp32.
     scores = torch.tanh((query @ key.transpose(-1, -2)) * (scaling / softcap)) * softcap
     if causal and mask is None:

@@ -113,6 +113,7 @@ def training_arguments(config, out: Path, settings: Settings, has_eval: bool = T
         remove_unused_columns=False,  # the collator picks its columns (seq_lengths stays out of the batch)
         include_num_input_tokens_seen="non_padding",
         prediction_loss_only=True,  # evaluation needs the loss only: no logits are gathered
+        torch_compile=train.compile,
         report_to="none", disable_tqdm=True,  # fatune's own progress bar and loggers
         ddp_backend="gloo" if distributed_cpu else None,
         ddp_find_unused_parameters=False,

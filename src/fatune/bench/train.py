@@ -1,0 +1,213 @@
+"""``fatune bench train``: fatune against TRL on identical training work, in one invocation.
+
+The unit of work is a fixed set of conversations: the first ``conversations`` of a seeded shuffle of
+the data (after ``heldout`` held-out ones), rendered once by fatune and trained for one epoch in
+batches of ``batch_size`` conversations, LoRA r=8 on all linear layers, fp32 by default. Each arm runs
+in its own subprocess (``fatune.bench.worker``), arms alternating, ``repeats`` times; the median is
+kept. The top-level JSON keys compare fatune with ``trl-default`` on the default workload; the
+``trl-best`` comparison and the FarsTail-chat workload (short answers) sit under ``workloads`` in the
+same shape. ``variants`` adds fatune runs with config overrides (one lever switched off, say).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from fatune.bench.flops import training_flops
+from fatune.errors import FatuneError
+
+ARMS = ("trl-default", "trl-best", "fatune")
+
+
+def _workload(name: str, source: str, model: str, template: str, conversations: int, heldout: int,
+              batch_size: int, seed: int, max_length: int) -> dict:
+    from fatune.data import load_conversations, render_batch, truncate
+    from fatune.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    items = list(load_conversations(source, normalize=False))
+    random.Random(seed).shuffle(items)
+    if len(items) < heldout + batch_size:
+        raise FatuneError(f"{source}: {len(items)} conversations; the bench needs at least {heldout + batch_size}")
+    conversations = min(conversations, len(items) - heldout)
+    conversations -= conversations % batch_size  # whole batches only: every arm sees the same steps
+    val, train = items[:heldout], items[heldout:heldout + conversations]
+    rows = [truncate(r, max_length) for r in render_batch(train, tokenizer, template)]
+    if any(r is None for r in rows):
+        raise FatuneError(f"{source}: a conversation has no trained token within {max_length} tokens")
+    return {"name": name, "source": source, "conversations": [c.messages for c in train], "train_rows": rows,
+            "val_rows": render_batch(val, tokenizer, template), "steps": conversations // batch_size}
+
+
+def _flops(model: str, spec: dict, method_targets: tuple[str, ...]) -> float:
+    from fatune.models import load_config
+
+    rows = spec["train_rows"]
+    lengths = [len(r["input_ids"]) for r in rows]
+    trained = [sum(label != -100 for label in r["labels"][1:]) for r in rows]
+    return training_flops(load_config(model), lengths, trained, spec["lora_r"], method_targets)
+
+
+def _run(arm: str, spec_path: Path, out: Path, overrides: list[str]) -> dict:
+    command = [sys.executable, "-m", "fatune.bench.worker", arm, str(spec_path), str(out), *overrides]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise FatuneError(f"bench arm {arm} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(out.read_text())
+    result["command"] = " ".join(command)
+    return result
+
+
+def _summary(runs: list[dict], spec: dict, flops: float) -> dict:
+    seconds = statistics.median(r["train_seconds"] for r in runs)
+    rows = spec["train_rows"]
+    tokens = sum(len(r["input_ids"]) for r in rows)
+    supervised = sum(sum(label != -100 for label in r["labels"][1:]) for r in rows)
+    peak = statistics.median(r["peak_bytes"] for r in runs)
+    return {"seconds": seconds, "all_seconds": [r["train_seconds"] for r in runs],
+            "conv_per_s": len(rows) / seconds, "tokens_per_s": tokens / seconds,
+            "supervised_tokens_per_s": supervised / seconds, "peak_bytes": peak,
+            "train_peak_rss_bytes": statistics.median(r["train_peak_rss_bytes"] for r in runs),
+            "heldout_loss": runs[0]["heldout_loss"], "step_losses": runs[0]["step_losses"],
+            "mfu": flops / seconds / statistics.median(r["matmul_peak_flops"] for r in runs),
+            "matmul_peak_flops": statistics.median(r["matmul_peak_flops"] for r in runs),
+            "command": runs[0]["command"]}
+
+
+def compare(fatune: dict, baseline: dict, baseline_name: str) -> dict:
+    """The issue's comparison shape: fatune against one baseline on one workload."""
+    return {
+        "baseline": baseline_name,
+        "fatune_conv_per_s": fatune["conv_per_s"], "baseline_conv_per_s": baseline["conv_per_s"],
+        "speedup": fatune["conv_per_s"] / baseline["conv_per_s"],
+        "fatune_supervised_tokens_per_s": fatune["supervised_tokens_per_s"],
+        "baseline_supervised_tokens_per_s": baseline["supervised_tokens_per_s"],
+        "fatune_peak_bytes": fatune["peak_bytes"], "baseline_peak_bytes": baseline["peak_bytes"],
+        "memory_ratio": fatune["peak_bytes"] / baseline["peak_bytes"],
+        "loss_rel_diff": abs(fatune["heldout_loss"] - baseline["heldout_loss"]) / baseline["heldout_loss"],
+        "mfu": fatune["mfu"], "baseline_mfu": baseline["mfu"],
+        "fatune_command": fatune["command"], "baseline_command": baseline["command"],
+    }
+
+
+def run_workload(spec: dict, work: Path, repeats: int, arms, variants: dict[str, list[str]], flops: float,
+                 log=print) -> dict:
+    spec_path = work / f"{spec['name']}.json"
+    spec_path.write_text(json.dumps(spec))
+    runs: dict[str, list[dict]] = {}
+    jobs = [(arm, []) for arm in arms] + list(variants.items())
+    for repeat in range(repeats):
+        order = jobs if repeat % 2 == 0 else jobs[::-1]  # alternate, so drift hits every arm alike
+        for arm, overrides in order:
+            worker_arm = "fatune" if arm.startswith("fatune") else arm
+            result = _run(worker_arm, spec_path, work / f"{spec['name']}-{arm}-{repeat}.json", overrides)
+            runs.setdefault(arm, []).append(result)
+            log(f"  {spec['name']:8} {arm:28} run {repeat + 1}/{repeats}: {result['train_seconds']:7.1f} s, "
+                f"peak {result['peak_bytes'] / 2**30:.2f} GiB, held-out loss {result['heldout_loss']:.5f}")
+    return {arm: _summary(results, spec, flops) for arm, results in runs.items()}
+
+
+def bench_train(model: str = "pypi:gemma-3-270m", method: str = "lora", data: str = "fatune:sample",
+                conversations: int = 64, batch_size: int = 8, heldout: int = 16, repeats: int = 2,
+                farstail: str | None = None, template: str = "gemma", precision: str = "fp32",
+                max_length: int = 1024, seed: int = 42, arms=ARMS, variants: dict[str, list[str]] | None = None,
+                threads: int | None = None, log=print) -> dict:
+    from fatune.config import LORA_TARGETS
+    from fatune.models import resolve
+
+    if method not in ("lora", "qlora"):
+        raise FatuneError(f"--method {method}: the TRL baselines are built for lora and qlora")
+    if repeats < 1:
+        raise FatuneError("--repeats must be at least 1")
+    model_dir = resolve(model)
+    settings = {"model": model_dir, "template": template, "method": method, "lora_r": 8, "lora_alpha": 16,
+                "lora_targets": list(LORA_TARGETS), "batch_size": batch_size, "learning_rate": 2e-4,
+                "max_grad_norm": 0.3, "precision": precision, "gradient_checkpointing": False, "seed": seed,
+                "max_length": max_length, "threads": threads}
+    sources = [("sample", data)] + ([("farstail", farstail)] if farstail else [])
+    report: dict = {"settings": {**settings, "model_name": model, "data": data, "conversations": conversations,
+                                 "heldout": heldout, "repeats": repeats, "farstail": farstail}}
+    with tempfile.TemporaryDirectory(prefix="fatune-bench-") as tmp:
+        work = Path(tmp)
+        results = {}
+        for name, source in sources:
+            spec = {**settings, **_workload(name, source, model_dir, template, conversations, heldout, batch_size,
+                                             seed, max_length)}
+            spec["train_file"] = str(work / f"{name}.jsonl")
+            Path(spec["train_file"]).write_text("".join(json.dumps({"messages": m}, ensure_ascii=False) + "\n"
+                                                        for m in spec["conversations"]))
+            flops = _flops(model_dir, spec, tuple(LORA_TARGETS))
+            log(f"workload {name}: {len(spec['train_rows'])} conversations, {spec['steps']} steps of {batch_size}, "
+                f"{flops / 1e12:.2f} TFLOP of model work")
+            results[name] = run_workload(spec, work, repeats, arms, variants or {}, flops, log)
+    report["arms"] = results
+    main = results["sample"]
+    if "fatune" in main and "trl-default" in main:
+        report.update(compare(main["fatune"], main["trl-default"], "trl-default"))
+    report["workloads"] = {f"{name}/{base}": compare(arm_results["fatune"], arm_results[base], base)
+                           for name, arm_results in results.items() if "fatune" in arm_results
+                           for base in ("trl-default", "trl-best") if base in arm_results
+                           and (name, base) != ("sample", "trl-default")}
+    if not farstail:
+        report["workloads"]["farstail"] = "skipped: no --farstail path given"
+    return report
+
+
+def table(report: dict) -> str:
+    lines = [f"{'workload':9} {'arm':28} {'conv/s':>8} {'sup tok/s':>10} {'peak GiB':>9} {'held-out':>9} {'MFU':>6}"]
+    for name, arms in report["arms"].items():
+        for arm, r in arms.items():
+            lines.append(f"{name:9} {arm:28} {r['conv_per_s']:8.3f} {r['supervised_tokens_per_s']:10.1f} "
+                         f"{r['peak_bytes'] / 2**30:9.2f} {r['heldout_loss']:9.5f} {r['mfu']:6.1%}")
+    comparisons = ([("sample/trl-default", report)] if "speedup" in report else []) + [
+        (k, v) for k, v in report["workloads"].items() if isinstance(v, dict)]
+    for key, c in comparisons:
+        lines.append(f"{key}: speedup {c['speedup']:.2f}x, memory {c['memory_ratio']:.2f}x, "
+                     f"loss diff {c['loss_rel_diff']:.2e}, fatune MFU {c['mfu']:.1%}")
+    return "\n".join(lines)
+
+
+LEVERS = {
+    "fatune -padding_free": ["train.padding_free=false"],
+    "fatune -fused_head": ["train.fused_head=false"],
+    "fatune -varlen (sdpa)": ["model.attn_implementation=sdpa"],
+}
+
+
+def _variants(specs: list[str], levers: bool) -> dict[str, list[str]]:
+    variants = dict(LEVERS) if levers else {}
+    for spec in specs:
+        name, _, overrides = spec.partition("=")
+        if not name or "=" not in overrides:
+            raise FatuneError(f"--variant {spec!r}: expected NAME=KEY=VALUE[,KEY=VALUE], "
+                              "e.g. no-fused-head=train.fused_head=false")
+        variants[f"fatune {name}"] = overrides.split(",")
+    return variants
+
+
+def bench_train_cli(args) -> dict:
+    """``fatune bench train``: run, print the table, write the JSON (with machine, versions, command)."""
+    from fatune.bench.common import environment, positive, write_report
+
+    for option in ("conversations", "batch_size", "heldout", "repeats"):
+        positive(getattr(args, option), "--" + option.replace("_", "-"))
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise FatuneError(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    report = bench_train(model=args.model, method=args.method, data=args.data, conversations=args.conversations,
+                         batch_size=args.batch_size, heldout=args.heldout, repeats=args.repeats,
+                         farstail=args.farstail, precision=args.precision, arms=arms,
+                         variants=_variants(args.variant, args.levers), threads=args.threads)
+    report = {**report, "environment": environment(), "command": args.command_line}
+    print(table(report))
+    written = write_report(report, args.out)
+    if written:
+        print(f"wrote {written}")
+    return report

@@ -1,0 +1,192 @@
+"""One arm of ``fatune bench train``, alone in its process: train the workload, measure it, write JSON.
+
+    python -m fatune.bench.worker ARM SPEC.json OUT.json [dotted.key=value ...]
+
+ARM is ``fatune`` (``fatune.train`` on a config built from the spec, plus any overrides: the same code
+as ``fatune train``), ``trl-default`` (TRL ``SFTTrainer`` + PEFT as in TRL's docs: no packing, padding
+to the longest in the batch) or ``trl-best`` (TRL padding-free: each batch flattened into one row with
+position ids, the same batches). TRL gets the rows fatune rendered, as ``input_ids`` + ``completion_mask``,
+so every arm optimizes the same objective on the same batches in the same order (the HF Trainer's
+seeded sampler, same seed and length), from the same LoRA initialization (seeded just before PEFT).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from fatune.data import IGNORE
+
+
+class PeakRss:
+    """Samples this process's resident memory every few ms (the training phase's own peak)."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        with open("/proc/self/statm") as statm:
+            while not self._stop.is_set():
+                statm.seek(0)
+                self.peak = max(self.peak, int(statm.read().split()[1]) * self._page)
+                time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def peak_bytes() -> int:
+    """The process's peak memory: CUDA peak allocation on a GPU, peak RSS on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def heldout_loss(model, rows: list[dict]) -> float:
+    """Mean next-token loss over the trained tokens of ``rows``, one conversation at a time, full logits:
+    one plain computation, identical for every arm."""
+    import torch
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for row in rows:
+            ids = torch.tensor([row["input_ids"]], device=device)
+            labels = torch.tensor(row["labels"][1:], device=device)
+            logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+            keep = labels != IGNORE
+            total += torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
+            count += int(keep.sum())
+    return total / max(count, 1)
+
+
+def fatune_config(spec: dict, out: Path, overrides: list[str]):
+    from fatune.config import from_dict
+
+    raw = {
+        "model": {"path": spec["model"], "template": spec["template"]},
+        "data": {"path": spec["train_file"], "val_ratio": 0.0, "packing": False, "max_length": spec["max_length"],
+                 "normalize": False},
+        "method": {"name": spec["method"], "r": spec["lora_r"], "alpha": spec["lora_alpha"], "dropout": 0.0},
+        "train": {"max_steps": spec["steps"], "batch_size": spec["batch_size"], "grad_accum": 1,
+                  "learning_rate": spec["learning_rate"], "scheduler": "constant", "warmup_ratio": 0.0,
+                  "max_grad_norm": spec["max_grad_norm"], "optimizer": "adamw_torch", "precision": spec["precision"],
+                  "gradient_checkpointing": spec["gradient_checkpointing"], "seed": spec["seed"],
+                  "save_steps": spec["steps"] + 1, "eval_steps": spec["steps"] + 1, "logging_steps": 1},
+        "output": {"dir": str(out)},
+    }
+    from fatune.config import apply_override
+
+    for override in overrides:
+        apply_override(raw, override)
+    return from_dict(raw, where="bench spec")
+
+
+def run_fatune(spec: dict, work: Path, overrides: list[str]) -> tuple[object, float, list[float]]:
+    from fatune.training import train
+    from fatune.training.callbacks import read_metrics
+
+    config = fatune_config(spec, work / "run", overrides)
+    result = train(config, overwrite=True)
+    losses = [row["loss"] for row in read_metrics(result.out) if "loss" in row and "eval_loss" not in row]
+    return result.model, result.summary["train_seconds"], losses
+
+
+def run_trl(spec: dict, work: Path, padding_free: bool) -> tuple[object, float, list[float]]:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        BitsAndBytesConfig,
+        TrainerCallback,
+        set_seed,
+    )
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    quantization = None
+    if spec["method"] == "qlora":
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
+                                          bnb_4bit_compute_dtype=torch.float32)
+    from fatune.models import attention_for
+
+    # What a TRL user loads: transformers' default attention (sdpa), eager for Gemma 2 (sdpa is refused).
+    attention = attention_for(AutoConfig.from_pretrained(spec["model"]).model_type)
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32, quantization_config=quantization,
+                                                 attn_implementation=attention,
+                                                 device_map="cpu" if quantization and not torch.cuda.is_available()
+                                                 else None)
+    rows = spec["train_rows"]
+    dataset = Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows],
+                                 "completion_mask": [[int(x != IGNORE) for x in r["labels"]] for r in rows]})
+    args = SFTConfig(
+        output_dir=str(work / "trl"), per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=1,
+        max_steps=spec["steps"], learning_rate=spec["learning_rate"], lr_scheduler_type="constant", warmup_steps=0,
+        max_grad_norm=spec["max_grad_norm"], optim="adamw_torch", weight_decay=0.0, seed=spec["seed"],
+        data_seed=spec["seed"], bf16=spec["precision"] == "bf16", use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=spec["gradient_checkpointing"], logging_steps=1, save_strategy="no",
+        report_to="none", disable_tqdm=True, completion_only_loss=True, packing=False, padding_free=padding_free,
+        max_length=None if padding_free else spec["max_length"])
+    peft_config = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=0.0,
+                             target_modules=spec["lora_targets"], task_type="CAUSAL_LM")
+    losses: list[float] = []
+
+    class Losses(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(logs["loss"])
+
+    set_seed(spec["seed"])  # as fatune does just before applying the method: the same LoRA initialization
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=[Losses()])
+    output = trainer.train()
+    return trainer.model, output.metrics["train_runtime"], losses
+
+
+def main(argv: list[str]) -> int:
+    import torch
+
+    from fatune.bench.flops import matmul_peak_flops
+
+    arm, spec_path, out_path, *overrides = argv
+    spec = json.loads(Path(spec_path).read_text())
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    peak = matmul_peak_flops()
+    with tempfile.TemporaryDirectory(prefix=f"fatune-bench-{arm}-") as tmp, PeakRss() as sampled:
+        if arm == "fatune":
+            model, seconds, losses = run_fatune(spec, Path(tmp), overrides)
+        elif arm in ("trl-default", "trl-best"):
+            model, seconds, losses = run_trl(spec, Path(tmp), padding_free=arm == "trl-best")
+        else:
+            raise SystemExit(f"unknown arm {arm!r}")
+        train_peak = sampled.peak
+        loss = heldout_loss(model, spec["val_rows"])
+    result = {"arm": arm, "overrides": overrides, "train_seconds": seconds, "step_losses": losses,
+              "heldout_loss": loss, "peak_bytes": peak_bytes(), "train_peak_rss_bytes": train_peak,
+              "matmul_peak_flops": peak, "threads": torch.get_num_threads()}
+    Path(out_path).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
