@@ -7,7 +7,7 @@ bundled sample. The bench also times the full ``prepare()`` (dedupe, split, Arro
 write included) cold and served from its cache, and, side by side in the same process, a baseline that
 renders one conversation per tokenizer call on a subset, to show what batching the tokenizer buys.
 
-    fatune bench data                                  # 50,000 conversations, about 1.5 minutes
+    fatune bench data                                  # 50,000 conversations, 1.5-2.5 minutes
     fatune bench data --conversations 5000 --out data.json
 """
 

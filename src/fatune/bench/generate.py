@@ -27,7 +27,7 @@ Prompts (``--prompts``, comma-separated names, or a prompts file in any source f
 ``long reading`` (three long user turns of the bundled sample, ~430 tokens). ``SHARED`` is
 ``--shared`` (default ``../shared``, beside the repo).
 
-    fatune bench generate                                        # defaults, about 4 minutes on 2 cores
+    fatune bench generate                                        # defaults: about 2.5 minutes on 2 cores
     fatune bench generate --methods ptuning --new-tokens 128 --prompts "short chat,seed translation,FarsTail NLI,long reading"
     fatune bench generate --methods ptuning,base --shape gemma3-1b --prompts "short chat"
     fatune bench generate --run runs/demo/ptuning --run runs/demo/lora --out gen.json
