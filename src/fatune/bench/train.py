@@ -114,7 +114,7 @@ def run_workload(spec: dict, work: Path, repeats: int, arms, variants: dict[str,
 
 
 def bench_train(model: str = "pypi:gemma-3-270m", method: str = "lora", data: str = "fatune:sample",
-                conversations: int = 64, batch_size: int = 8, heldout: int = 16, repeats: int = 2,
+                conversations: int = 32, batch_size: int = 8, heldout: int = 16, repeats: int = 2,
                 farstail: str | None = None, template: str = "gemma", precision: str = "fp32",
                 max_length: int = 1024, seed: int = 42, arms=ARMS, variants: dict[str, list[str]] | None = None,
                 threads: int | None = None, log=print) -> dict:
