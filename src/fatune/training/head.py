@@ -36,8 +36,10 @@ from fatune.data import IGNORE
 
 TOKEN_CHUNK = 1024  # tokens per pass over the vocabulary
 VOCAB_TILE = 4096  # vocabulary rows per tile: a 1024 x 4096 fp32 tile is 16 MiB and stays in cache
-#: With a trained head, logits are computed ``rows x vocab`` at a time: 64 x 262,144 x 4 B = 64 MiB.
-DEFAULT_CHUNK_BYTES = 64 * 2**20
+#: With a trained head, logits are computed ``rows x vocab`` at a time: 256 x 262,144 x 4 B = 256 MiB.
+#: Measured on the 2-core CPU (512 tokens, Gemma 3 head, loss + both gradients): 5.1 ms per token, vs
+#: 7.3 with 64-token chunks and 4.6 with full logits (which hold ~3x512 MiB): bounded memory for ~10 %.
+DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
 def chunk_tokens_for(vocab_size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
