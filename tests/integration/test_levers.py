@@ -123,3 +123,30 @@ def test_varlen_with_padding_or_cache_is_dense_attention(make, tiny_tok):
     generate = dict(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
                     pad_token_id=tiny_tok.pad_token_id)
     assert torch.equal(varlen.generate(**generate), eager.generate(**generate))
+
+
+@pytest.mark.parametrize("method", ["ptuning", "qlora"])
+def test_fused_head_through_peft_wrappers_equals_the_models_own_loss(method, tiny_tok, tiny_model_dir):
+    """The trainer passes ``fused_head_loss=True`` through PEFT (prompt learning adds virtual tokens and
+    pads the labels; QLoRA's head stays a plain Linear): same loss and gradients as the model's own."""
+    from fatune.config import load_config
+    from fatune.methods import get_method
+    from fatune.methods.qlora import quantization_config
+    from fatune.models import load_model
+
+    cfg = load_config(None, [f"method.name={method}", "method.dropout=0"]).method  # no random masks: two passes compared
+    quant = quantization_config(cfg) if cfg.load_in_4bit else None
+    torch.manual_seed(0)
+    model = get_method(method).apply(load_model(str(tiny_model_dir), quantization_config=quant), cfg, tokenizer=tiny_tok)
+    assert head.install(model.get_base_model())
+    batch = RowCollator(tiny_tok.pad_token_id, layout="masked")(_conversations(tiny_tok, 2))
+    model.train()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    losses, grads = [], []
+    for fused in (False, True):
+        loss = model(**batch, fused_head_loss=fused).loss
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, trained))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
