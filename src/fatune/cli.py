@@ -149,6 +149,13 @@ def cmd_bench_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_head(args: argparse.Namespace) -> int:
+    from fatune.bench.head import bench_head
+
+    bench_head(args.tokens, repeats=args.repeats, out=args.out, command=args.command_line)
+    return 0
+
+
 def cmd_bench_train(args: argparse.Namespace) -> int:
     from fatune.bench.train import bench_train_cli
 
@@ -197,6 +204,12 @@ def _bench_parsers(verbs) -> None:
                      help="time the first P-Tuning model again without the KV cache (default on)")
     gen.add_argument("--out", "--json", help="also write the JSON report here")
     gen.set_defaults(func=cmd_bench_generate)
+
+    head = bench_verbs.add_parser("head", help="the fused LM head vs full logits, alone (ms per trained token)")
+    head.add_argument("--tokens", type=int, default=1024, help="trained positions (default 1024)")
+    head.add_argument("--repeats", type=int, default=2, help="timed runs per variant; the best is kept (default 2)")
+    head.add_argument("--out", "--json", help="also write the JSON report here")
+    head.set_defaults(func=cmd_bench_head)
 
     train = bench_verbs.add_parser("train", help="fatune vs TRL (trl-default, trl-best) on identical training work")
     train.add_argument("--model", default="pypi:gemma-3-270m", help="base model (default pypi:gemma-3-270m)")

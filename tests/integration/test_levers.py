@@ -46,6 +46,9 @@ def test_fused_head_equals_full_logits(softcap, chunk_tokens, trained_head, monk
     grads = torch.autograd.grad(total * 0.37, inputs)
     assert count == (labels[:, 1:] != IGNORE).sum()
     torch.testing.assert_close(total, expected, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # evaluation: the loss alone, without the gradient matmuls
+        torch.testing.assert_close(head.fused_head_loss_sum(hidden, weight, labels, softcap, chunk_tokens)[0],
+                                   expected, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 

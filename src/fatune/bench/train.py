@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +26,7 @@ ARMS = ("trl-default", "trl-best", "fatune")
 
 def _workload(name: str, source: str, model: str, template: str, conversations: int, heldout: int,
               batch_size: int, seed: int, max_length: int) -> dict:
-    from fatune.data import load_conversations, render_batch, truncate
+    from fatune.data import IGNORE, load_conversations, render_batch, truncate
     from fatune.models import load_tokenizer
 
     tokenizer = load_tokenizer(model)
@@ -42,42 +41,40 @@ def _workload(name: str, source: str, model: str, template: str, conversations: 
     if any(r is None for r in rows):
         raise FatuneError(f"{source}: a conversation has no trained token within {max_length} tokens")
     return {"name": name, "source": source, "conversations": [c.messages for c in train], "train_rows": rows,
-            "val_rows": render_batch(val, tokenizer, template), "steps": conversations // batch_size}
+            "val_rows": render_batch(val, tokenizer, template), "steps": conversations // batch_size,
+            "lengths": [len(r["input_ids"]) for r in rows],  # real tokens; trained = next-token targets
+            "trained": [sum(label != IGNORE for label in r["labels"][1:]) for r in rows]}
 
 
 def _flops(model: str, spec: dict, method_targets: tuple[str, ...]) -> float:
     from fatune.models import load_config
 
-    rows = spec["train_rows"]
-    lengths = [len(r["input_ids"]) for r in rows]
-    trained = [sum(label != -100 for label in r["labels"][1:]) for r in rows]
-    return training_flops(load_config(model), lengths, trained, spec["lora_r"], method_targets)
+    return training_flops(load_config(model), spec["lengths"], spec["trained"], spec["lora_r"], method_targets)
 
 
 def _run(arm: str, spec_path: Path, out: Path, overrides: list[str]) -> dict:
+    from fatune.bench.common import log_tail, run_child
+
     command = [sys.executable, "-m", "fatune.bench.worker", arm, str(spec_path), str(out), *overrides]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise FatuneError(f"bench arm {arm} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    result = json.loads(out.read_text())
+    child = run_child(command, log=out.with_suffix(".log"))
+    if child.returncode != 0:
+        raise FatuneError(f"bench arm {arm} failed (exit {child.returncode}):\n{log_tail(child.log, 40)}")
+    result = json.loads(out.read_text())  # the worker's own peak: CUDA's allocator on a GPU, RSS on CPU
     result["command"] = " ".join(command)
     return result
 
 
 def _summary(runs: list[dict], spec: dict, flops: float) -> dict:
-    seconds = statistics.median(r["train_seconds"] for r in runs)
-    rows = spec["train_rows"]
-    tokens = sum(len(r["input_ids"]) for r in rows)
-    supervised = sum(sum(label != -100 for label in r["labels"][1:]) for r in rows)
-    peak = statistics.median(r["peak_bytes"] for r in runs)
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    seconds, matmul_peak = median("train_seconds"), median("matmul_peak_flops")
     return {"seconds": seconds, "all_seconds": [r["train_seconds"] for r in runs],
-            "conv_per_s": len(rows) / seconds, "tokens_per_s": tokens / seconds,
-            "supervised_tokens_per_s": supervised / seconds, "peak_bytes": peak,
-            "train_peak_rss_bytes": statistics.median(r["train_peak_rss_bytes"] for r in runs),
+            "conv_per_s": len(spec["lengths"]) / seconds, "tokens_per_s": sum(spec["lengths"]) / seconds,
+            "supervised_tokens_per_s": sum(spec["trained"]) / seconds, "peak_bytes": median("peak_bytes"),
+            "train_peak_rss_bytes": median("train_peak_rss_bytes"),
             "heldout_loss": runs[0]["heldout_loss"], "step_losses": runs[0]["step_losses"],
-            "mfu": flops / seconds / statistics.median(r["matmul_peak_flops"] for r in runs),
-            "matmul_peak_flops": statistics.median(r["matmul_peak_flops"] for r in runs),
-            "command": runs[0]["command"]}
+            "mfu": flops / seconds / matmul_peak, "matmul_peak_flops": matmul_peak, "command": runs[0]["command"]}
 
 
 def compare(fatune: dict, baseline: dict, baseline_name: str) -> dict:

@@ -58,22 +58,22 @@ def peak_bytes() -> int:
 
 
 def heldout_loss(model, rows: list[dict]) -> float:
-    """Mean next-token loss over the trained tokens of ``rows``, one conversation at a time, full logits:
-    one plain computation, identical for every arm."""
+    """Mean next-token loss over the trained tokens of ``rows``, one conversation at a time, full logits,
+    as ``fatune eval``'s loss task computes it (``target_logprobs``): identical for every arm."""
     import torch
 
+    from fatune.eval.choice import target_logprobs
+
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    nll, count = 0.0, 0
     model.eval()
     with torch.no_grad():
         for row in rows:
-            ids = torch.tensor([row["input_ids"]], device=device)
-            labels = torch.tensor(row["labels"][1:], device=device)
-            logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
-            keep = labels != IGNORE
-            total += torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
-            count += int(keep.sum())
-    return total / max(count, 1)
+            logits = model(input_ids=torch.tensor([row["input_ids"]], device=device), use_cache=False).logits
+            picked, scored = target_logprobs(logits[0, :-1], torch.tensor(row["labels"][1:], device=device))
+            nll -= picked.sum().item()
+            count += int(scored.sum())
+    return nll / max(count, 1)
 
 
 def fatune_config(spec: dict, out: Path, overrides: list[str]):
@@ -112,29 +112,17 @@ def run_trl(spec: dict, work: Path, padding_free: bool) -> tuple[object, float, 
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        BitsAndBytesConfig,
-        TrainerCallback,
-        set_seed,
-    )
+    from transformers import AutoTokenizer, TrainerCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-    quantization = None
-    if spec["method"] == "qlora":
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
-                                          bnb_4bit_compute_dtype=torch.float32)
-    from fatune.models import attention_for
+    from fatune.methods.qlora import quantization_config
+    from fatune.models import load_model
 
-    # What a TRL user loads: transformers' default attention (sdpa), eager for Gemma 2 (sdpa is refused).
-    attention = attention_for(AutoConfig.from_pretrained(spec["model"]).model_type)
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32, quantization_config=quantization,
-                                                 attn_implementation=attention,
-                                                 device_map="cpu" if quantization and not torch.cuda.is_available()
-                                                 else None)
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    # What a TRL user loads: transformers' default attention (eager for Gemma 2, which refuses sdpa), and for
+    # qlora the same 4-bit settings as the fatune arm.
+    method = fatune_config(spec, work / "unused", []).method
+    model = load_model(spec["model"], quantization_config=quantization_config(method) if method.load_in_4bit else None)
     rows = spec["train_rows"]
     dataset = Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows],
                                  "completion_mask": [[int(x != IGNORE) for x in r["labels"]] for r in rows]})

@@ -8,10 +8,9 @@ respect to the hidden states is computed in the same pass: with a frozen head (L
 online softmax over vocabulary tiles that stay in cache (``_frozen_head_pass``); with a trained head
 (embed_head, full), ``softmax - onehot`` per chunk of tokens over the whole vocabulary, which also
 yields the weight gradient. Two matmuls per tile instead of the three of a recompute-in-backward
-scheme, and full logits never exist. On the 2-core dev CPU, loss and hidden-state gradient for 1,024
-tokens of the Gemma 3 head take 2.63 ms per token this way (~85 % of the fp32 matmul peak), 3.06 ms
-with full logits (and a 1 GiB logits tensor), 3.95 / 4.94 ms in 256- / 64-token full-vocabulary chunks
-(the 671 MB weight is streamed from memory once per chunk there).
+scheme, and full logits never exist. ``fatune bench head`` (1,024 trained tokens, Gemma 3's head, 2-core
+dev CPU): a frozen head takes 2.19 ms per token this way vs 4.32 with full logits (and a 1 GiB logits
+tensor); a trained head 4.32 vs 5.41.
 
 Why not TRL's fused head (``trl.trainer.utils.add_fused_lm_head``): on devices without Triton it
 scores every position, padding and prompt included, recomputes every tile in the backward and
@@ -37,8 +36,8 @@ from fatune.data import IGNORE
 TOKEN_CHUNK = 1024  # tokens per pass over the vocabulary
 VOCAB_TILE = 4096  # vocabulary rows per tile: a 1024 x 4096 fp32 tile is 16 MiB and stays in cache
 #: With a trained head, logits are computed ``rows x vocab`` at a time: 256 x 262,144 x 4 B = 256 MiB.
-#: Measured on the 2-core CPU (512 tokens, Gemma 3 head, loss + both gradients): 5.1 ms per token, vs
-#: 7.3 with 64-token chunks and 4.6 with full logits (which hold ~3x512 MiB): bounded memory for ~10 %.
+#: Bounded memory, and no slower than full logits (``fatune bench head``: 4.43 vs 4.40 ms per token
+#: at 512 tokens, 4.32 vs 5.41 at 1,024).
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
@@ -54,19 +53,20 @@ def _softcapped(z, softcap):
     return tanh * softcap, 1 - tanh * tanh
 
 
-def _frozen_head_pass(h, weight, targets, softcap, vocab_tile):
+def _frozen_head_pass(h, weight, targets, softcap, vocab_tile, want_grad=True):
     """Loss sum and d loss / d h for one token chunk, one pass over vocabulary tiles (frozen head).
 
     Online softmax, as in flash attention: a running max ``m``, a running sum ``S`` of ``exp(z - m)``
     and a running ``A = sum_v exp(z_v - m) W_v``, all rescaled when ``m`` grows. At the end
     ``d loss / d h = A / S - W_target`` (times the soft-cap derivatives). Each weight tile is read once,
     for both of its matmuls, while it is in cache: the head costs two matmuls and one read of the
-    weight, with no logits buffer larger than a tile."""
+    weight, with no logits buffer larger than a tile. Without ``want_grad`` (evaluation) only the
+    loss is computed: one matmul per tile."""
     n = h.shape[0]
     acc = torch.promote_types(h.dtype, torch.float32)
     running_max = torch.full((n, 1), float("-inf"), dtype=acc, device=h.device)
     running_sum = torch.zeros((n, 1), dtype=acc, device=h.device)
-    weighted = torch.zeros((n, weight.shape[1]), dtype=acc, device=h.device)
+    weighted = torch.zeros((n, weight.shape[1]), dtype=acc, device=h.device) if want_grad else None
     for start in range(0, weight.shape[0], vocab_tile):
         tile = weight[start:start + vocab_tile]
         z, slope = _softcapped((h @ tile.T).to(acc), softcap)
@@ -74,15 +74,17 @@ def _frozen_head_pass(h, weight, targets, softcap, vocab_tile):
         rescale = torch.exp(running_max - new_max)
         e = z.sub_(new_max).exp_()
         running_sum.mul_(rescale).add_(e.sum(1, keepdim=True))
-        if slope is not None:
-            e.mul_(slope)
-        weighted.mul_(rescale).addmm_(e.to(tile.dtype), tile)
         running_max = new_max
+        if weighted is not None:
+            slope_e = e if slope is None else e.mul_(slope)
+            weighted.mul_(rescale).addmm_(slope_e.to(tile.dtype), tile)
     target_rows = weight[targets].to(acc)
     target_z, target_slope = _softcapped((h.to(acc) * target_rows).sum(1), softcap)
-    lse = running_max.squeeze(1) + running_sum.squeeze(1).log()
+    loss = (running_max.squeeze(1) + running_sum.squeeze(1).log() - target_z).sum()
+    if weighted is None:
+        return loss, None
     grad = weighted / running_sum - (target_rows if target_slope is None else target_slope[:, None] * target_rows)
-    return (lse - target_z).sum(), grad
+    return loss, grad
 
 
 def _trained_head_chunk(h, weight, targets, softcap, grad_weight, want_hidden):
@@ -106,7 +108,7 @@ class FusedHeadLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, softcap, chunk_tokens):
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 (fp64 in the exactness tests)
-        grad_hidden = torch.zeros_like(hidden, dtype=acc)
+        grad_hidden = torch.zeros_like(hidden, dtype=acc) if want_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=acc) if want_weight else None
         total = hidden.new_zeros((), dtype=acc)
         step = chunk_tokens or (chunk_tokens_for(weight.shape[0]) if want_weight else TOKEN_CHUNK)
@@ -115,11 +117,11 @@ class FusedHeadLoss(torch.autograd.Function):
             if want_weight:
                 loss, grad = _trained_head_chunk(h, weight, t, softcap, grad_weight, want_hidden)
             else:
-                loss, grad = _frozen_head_pass(h, weight, t, softcap, VOCAB_TILE)
+                loss, grad = _frozen_head_pass(h, weight, t, softcap, VOCAB_TILE, want_hidden)
             total += loss
             if grad is not None:
                 grad_hidden[start:start + step] = grad
-        ctx.save_for_backward(grad_hidden if want_hidden else None, grad_weight)
+        ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return total
 

@@ -21,15 +21,11 @@ from pathlib import Path
 
 from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import unwrap_peft_model
 
 from fatune.errors import FatuneError
 from fatune.training import head
 from fatune.training.rundir import rotate
-
-
-def _causal_lm(model):
-    """The transformers causal LM inside a PEFT wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 class NonFiniteLoss(FatuneError):
@@ -41,7 +37,7 @@ class FatuneTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.run_dir = Path(run_dir)
         self.keep_checkpoints = keep_checkpoints
-        self.fused_head = fused_head and head.install(_causal_lm(self.model))
+        self.fused_head = fused_head and head.install(unwrap_peft_model(self.model))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.fused_head:
