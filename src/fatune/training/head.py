@@ -10,7 +10,19 @@ online softmax over vocabulary tiles that stay in cache (``_frozen_head_pass``);
 yields the weight gradient. Two matmuls per tile instead of the three of a recompute-in-backward
 scheme, and full logits never exist. ``fatune bench head`` (1,024 trained tokens, Gemma 3's head, 2-core
 dev CPU): a frozen head takes 2.19 ms per token this way vs 4.32 with full logits (and a 1 GiB logits
-tensor); a trained head 4.32 vs 5.41.
+tensor); a trained head 4.32 vs 5.41. Under ``torch.no_grad()`` (evaluation) only the loss is computed:
+one matmul per tile, and no weight gradient even for a trained head.
+
+**Precision.** The matmuls run in the compute dtype (the autocast dtype when autocast is on, else the
+weight's dtype), so bf16/fp16 keep their speed; every sum, max and exponential is fp32 (fp64 when the
+inputs are). Half-precision logits are coarse (a logit of 100 is rounded to a multiple of 0.5 in
+bf16), and the loss ``logsumexp(z) - z_target`` of a confident token is the small difference of two such
+numbers. So the target's logit is computed once in fp32 from the same (compute-dtype) operands and used
+in both terms: the loss can never be negative, its error is that of the *other* logits weighted by
+their probabilities (tiny when the model is confident, where it matters), and in the gradient the
+target's row enters as ``(p_target - 1) * W_target`` in fp32 instead of a large half-precision term
+that would cancel. Under bf16 autocast this is at least as accurate as the model's own loss, whose
+logits are rounded to bf16 before the cross-entropy.
 
 Why not TRL's fused head (``trl.trainer.utils.add_fused_lm_head``): on devices without Triton it
 scores every position, padding and prompt included, recomputes every tile in the backward and
@@ -18,14 +30,13 @@ always derives entropy and top-1 statistics for its logs. Why not Liger's kernel
 
 ``install(model)`` wraps the causal LM's ``forward``: a call with ``fused_head_loss=True`` and
 ``labels`` returns ``CausalLMOutputWithPast(loss=...)`` (no logits); every other call is the original
-forward, so evaluation, generation and saving are unchanged. It declines models whose head carries
-forward hooks or is not a plain ``nn.Linear`` (embed_head with a row subset, PEFT-wrapped heads):
-those keep the model's own loss.
+forward, so evaluation, generation and saving are unchanged. See ``why_not`` for the models it declines.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import types
 
 import torch
@@ -33,12 +44,19 @@ from torch import nn
 
 from fatune.data import IGNORE
 
+log = logging.getLogger(__name__)
+
 TOKEN_CHUNK = 1024  # tokens per pass over the vocabulary
 VOCAB_TILE = 4096  # vocabulary rows per tile: a 1024 x 4096 fp32 tile is 16 MiB and stays in cache
 #: With a trained head, logits are computed ``rows x vocab`` at a time: 256 x 262,144 x 4 B = 256 MiB.
 #: Bounded memory, and no slower than full logits (``fatune bench head``: 4.43 vs 4.40 ms per token
 #: at 512 tokens, 4.32 vs 5.41 at 1,024).
 DEFAULT_CHUNK_BYTES = 256 * 2**20
+#: Model types whose logits are exactly ``lm_head(last hidden state)``, soft-capped by the config's
+#: ``final_logit_softcapping`` where it is set; each is checked against the model's own loss in
+#: tests/unit/test_head_precision.py. Others (Granite's ``logits_scaling``, Cohere's ``logit_scale``,
+#: multimodal wrappers) keep their own loss rather than train on wrong logits.
+MODEL_TYPES = frozenset({"gemma", "gemma2", "gemma3_text", "llama", "mistral", "qwen2", "qwen3"})
 
 
 def chunk_tokens_for(vocab_size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
@@ -53,52 +71,102 @@ def _softcapped(z, softcap):
     return tanh * softcap, 1 - tanh * tanh
 
 
-def _frozen_head_pass(h, weight, targets, softcap, vocab_tile, want_grad=True):
+def _target_logits(h, weight, targets, softcap, acc):
+    """The targets' soft-capped logits and slopes, computed in ``acc`` from the compute-dtype operands,
+    and the targets' weight rows (in ``acc``)."""
+    rows = weight[targets].to(acc)
+    z, slope = _softcapped((h.to(acc) * rows).sum(1), softcap)
+    return z, slope, rows
+
+
+def _add_product(total, a, b):
+    """``total += a @ b`` with the matmul in ``b``'s (compute) dtype: in place when that is ``total``'s
+    dtype (fp32), else through a half-precision product (torch has no mixed-dtype addmm on CPU)."""
+    if b.dtype == total.dtype:
+        total.addmm_(a, b)
+    else:
+        total.add_(a.to(b.dtype) @ b)
+
+
+def _frozen_head_pass(h, weight, targets, softcap, vocab_tile, want_grad, acc):
     """Loss sum and d loss / d h for one token chunk, one pass over vocabulary tiles (frozen head).
 
     Online softmax, as in flash attention: a running max ``m``, a running sum ``S`` of ``exp(z - m)``
-    and a running ``A = sum_v exp(z_v - m) W_v``, all rescaled when ``m`` grows. At the end
-    ``d loss / d h = A / S - W_target`` (times the soft-cap derivatives). Each weight tile is read once,
-    for both of its matmuls, while it is in cache: the head costs two matmuls and one read of the
-    weight, with no logits buffer larger than a tile. Without ``want_grad`` (evaluation) only the
+    and a running ``A = sum_{v != target} exp(z_v - m) W_v``, all rescaled when ``m`` grows. At the end
+    ``d loss / d h = A / S + (p_target - 1) W_target`` (times the soft-cap derivatives). Each weight
+    tile is read once, for both of its matmuls, while it is in cache. Without ``want_grad`` only the
     loss is computed: one matmul per tile."""
     n = h.shape[0]
-    acc = torch.promote_types(h.dtype, torch.float32)
+    target_z, target_slope, target_rows = _target_logits(h, weight, targets, softcap, acc)
     running_max = torch.full((n, 1), float("-inf"), dtype=acc, device=h.device)
     running_sum = torch.zeros((n, 1), dtype=acc, device=h.device)
     weighted = torch.zeros((n, weight.shape[1]), dtype=acc, device=h.device) if want_grad else None
     for start in range(0, weight.shape[0], vocab_tile):
         tile = weight[start:start + vocab_tile]
         z, slope = _softcapped((h @ tile.T).to(acc), softcap)
+        hit = ((targets >= start) & (targets < start + tile.shape[0])).nonzero().squeeze(1)
+        z[hit, targets[hit] - start] = target_z[hit]  # the same target logit as in the loss below
         new_max = torch.maximum(running_max, z.amax(1, keepdim=True))
         rescale = torch.exp(running_max - new_max)
         e = z.sub_(new_max).exp_()
         running_sum.mul_(rescale).add_(e.sum(1, keepdim=True))
         running_max = new_max
         if weighted is not None:
+            e[hit, targets[hit] - start] = 0  # the target's row enters once, in fp32, below
             slope_e = e if slope is None else e.mul_(slope)
-            weighted.mul_(rescale).addmm_(slope_e.to(tile.dtype), tile)
-    target_rows = weight[targets].to(acc)
-    target_z, target_slope = _softcapped((h.to(acc) * target_rows).sum(1), softcap)
-    loss = (running_max.squeeze(1) + running_sum.squeeze(1).log() - target_z).sum()
+            _add_product(weighted.mul_(rescale), slope_e, tile)
+    log_sum = running_max.squeeze(1) + running_sum.squeeze(1).log()
+    loss = (log_sum - target_z).sum()
     if weighted is None:
         return loss, None
-    grad = weighted / running_sum - (target_rows if target_slope is None else target_slope[:, None] * target_rows)
-    return loss, grad
+    minus_one = torch.exp(target_z - log_sum) - 1  # p_target - 1
+    if target_slope is not None:
+        minus_one = minus_one * target_slope
+    return loss, weighted / running_sum + minus_one[:, None] * target_rows
 
 
-def _trained_head_chunk(h, weight, targets, softcap, grad_weight, want_hidden):
+def _trained_head_chunk(h, weight, targets, softcap, grad_weight, want_hidden, acc):
     """Loss sum and gradients for a few tokens over the full vocabulary (the head trains too)."""
-    acc = grad_weight.dtype
-    z, slope = _softcapped((h @ weight.T).to(acc), softcap)
+    rows = torch.arange(len(targets), device=h.device)
+    z = (h @ weight.T).to(acc)
+    z[rows, targets] = (h.to(acc) * weight[targets].to(acc)).sum(1)  # the target logit in full precision
+    z, slope = _softcapped(z, softcap)
     lse = torch.logsumexp(z, dim=-1)
-    loss = (lse - z.gather(1, targets[:, None]).squeeze(1)).sum()
+    loss = (lse - z[rows, targets]).sum()
     grad = z.sub_(lse[:, None]).exp_()  # softmax - onehot, in place in the logits buffer
-    grad[torch.arange(len(targets)), targets] -= 1
+    grad[rows, targets] -= 1
     if slope is not None:
         grad.mul_(slope)
-    grad_weight.addmm_(grad.T, h.to(acc))
+    _add_product(grad_weight, grad.T, h)
     return loss, (grad.to(weight.dtype) @ weight).to(acc) if want_hidden else None
+
+
+def _dtypes(hidden, weight):
+    """(compute dtype of the matmuls, accumulation dtype): the autocast dtype when autocast is on."""
+    device_type = hidden.device.type
+    compute = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+    return compute, torch.promote_types(compute, torch.float32)
+
+
+def _fused(hidden, weight, targets, softcap, chunk_tokens, want_hidden, want_weight):
+    """(loss sum, d loss / d hidden or None, d loss / d weight or None), all in the accumulation dtype."""
+    compute, acc = _dtypes(hidden, weight)
+    with torch.autocast(hidden.device.type, enabled=False):
+        h_all, w = hidden.to(compute), weight.to(compute)
+        grad_hidden = torch.zeros_like(hidden, dtype=acc) if want_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=acc) if want_weight else None
+        total = hidden.new_zeros((), dtype=acc)
+        step = chunk_tokens or (chunk_tokens_for(weight.shape[0]) if want_weight else TOKEN_CHUNK)
+        for start in range(0, hidden.shape[0], step):
+            h, t = h_all[start:start + step], targets[start:start + step]
+            if want_weight:
+                loss, grad = _trained_head_chunk(h, w, t, softcap, grad_weight, want_hidden, acc)
+            else:
+                loss, grad = _frozen_head_pass(h, w, t, softcap, VOCAB_TILE, want_hidden, acc)
+            total += loss
+            if grad is not None:
+                grad_hidden[start:start + step] = grad
+    return total, grad_hidden, grad_weight
 
 
 class FusedHeadLoss(torch.autograd.Function):
@@ -106,21 +174,8 @@ class FusedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, softcap, chunk_tokens):
-        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 (fp64 in the exactness tests)
-        grad_hidden = torch.zeros_like(hidden, dtype=acc) if want_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=acc) if want_weight else None
-        total = hidden.new_zeros((), dtype=acc)
-        step = chunk_tokens or (chunk_tokens_for(weight.shape[0]) if want_weight else TOKEN_CHUNK)
-        for start in range(0, hidden.shape[0], step):
-            h, t = hidden[start:start + step], targets[start:start + step]
-            if want_weight:
-                loss, grad = _trained_head_chunk(h, weight, t, softcap, grad_weight, want_hidden)
-            else:
-                loss, grad = _frozen_head_pass(h, weight, t, softcap, VOCAB_TILE, want_hidden)
-            total += loss
-            if grad is not None:
-                grad_hidden[start:start + step] = grad
+        total, grad_hidden, grad_weight = _fused(hidden, weight, targets, softcap, chunk_tokens,
+                                                 ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return total
@@ -138,27 +193,51 @@ class FusedHeadLoss(torch.autograd.Function):
 
 def fused_head_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, softcap=None,
                         chunk_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token loss over trained positions, and how many there were.
+    """Summed next-token loss over trained positions (fp32, or fp64 for fp64 inputs), and how many there were.
 
     ``hidden`` is ``(batch, seq, dim)``, ``labels`` ``(batch, seq)`` aligned with the inputs (the shift
-    happens here, as in transformers' causal LM loss)."""
+    happens here, as in transformers' causal LM loss). Without gradients (``torch.no_grad()``, or no
+    input that requires one) only the loss is computed."""
     hidden, labels = hidden[:, :-1], labels[:, 1:]
     trained = labels != IGNORE
-    total = FusedHeadLoss.apply(hidden[trained], weight, labels[trained], softcap, chunk_tokens)
-    return total, trained.sum()
+    h, t = hidden[trained], labels[trained]
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return FusedHeadLoss.apply(h, weight, t, softcap, chunk_tokens), trained.sum()
+    return _fused(h, weight, t, softcap, chunk_tokens, False, False)[0], trained.sum()
+
+
+def why_not(model) -> str | None:
+    """None when the fused head reproduces ``model``'s loss, else the reason it declines (one line)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    model_type = getattr(model.config, "model_type", None)
+    head = model.get_output_embeddings()
+    if model_type not in MODEL_TYPES:
+        return (f"model type {model_type!r} is not one whose logits it is tested to reproduce "
+                f"({', '.join(sorted(MODEL_TYPES))})")
+    if type(head) is not nn.Linear or head.bias is not None:
+        return f"the LM head is a {type(head).__name__}{' with a bias' if type(head) is nn.Linear else ''}, not a plain Linear"
+    if head._forward_hooks or head._forward_pre_hooks:
+        return "the LM head carries hooks (embed_head with a row subset splices its trained rows in there)"
+    if not hasattr(model, model.base_model_prefix):
+        return f"{type(model).__name__} has no {model.base_model_prefix!r} body to call"
+    if is_deepspeed_zero3_enabled():
+        return "DeepSpeed ZeRO-3 gathers the head's weight only inside lm_head.forward"
+    return None
 
 
 def can_install(model) -> bool:
-    head = model.get_output_embeddings()
-    return (type(head) is nn.Linear and head.bias is None and not head._forward_hooks
-            and not head._forward_pre_hooks and hasattr(model, model.base_model_prefix))
+    return why_not(model) is None
 
 
 def install(model, chunk_tokens: int | None = None) -> bool:
-    """Let ``model(..., labels=..., fused_head_loss=True)`` use the fused head; ``False`` if it can't."""
+    """Let ``model(..., labels=..., fused_head_loss=True)`` use the fused head; ``False`` (and one line
+    saying why) if it can't."""
     if getattr(model, "_fatune_fused_head", False):
         return True
-    if not can_install(model):
+    reason = why_not(model)
+    if reason is not None:
+        log.warning("train.fused_head: off for this model, using its own loss: %s", reason)
         return False
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
