@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,15 @@ import pytest
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FARSTAIL = SHARED / "data" / "farstail"
 SEED_PROMPTS = SHARED / "seed" / "prompts.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _fatune_logs_reach_caplog(monkeypatch):
+    """``cli.main()``, which some tests run in-process, gives the ``fatune`` logger its own handler (on a
+    stream pytest closes afterwards) and stops propagation; later tests' ``caplog`` would see nothing."""
+    logger = logging.getLogger("fatune")
+    monkeypatch.setattr(logger, "propagate", True)
+    monkeypatch.setattr(logger, "handlers", [])
 
 
 @pytest.fixture(scope="session")
@@ -76,12 +86,14 @@ def tiny_model_dir(tiny_tok, tmp_path_factory):
 
 
 def tiny_train_config(model_dir, out, method="lora", *overrides):
-    """A fast training config on the tiny model and the bundled sample."""
+    """A fast training config on the tiny model and the bundled sample, in exact fp32 (``auto`` would pick
+    bf16 mixed precision on CPUs with fast bf16; tests/integration/test_bf16_cpu.py covers that)."""
     from fatune.config import load_config
 
     return load_config(None, [
         f"model.path={model_dir}", "model.template=gemma", "data.path=fatune:sample", "data.max_length=256",
         f"method.name={method}", "train.max_steps=4", "train.batch_size=2", "train.learning_rate=5e-3",
+        "train.precision=fp32",
         "train.warmup_ratio=0", "train.logging_steps=1", "train.save_steps=2", "train.eval_steps=2",
         "eval.max_rows=4", f"output.dir={out}", *overrides])
 

@@ -133,7 +133,10 @@ class TrainConfig(Section):
     optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "auto"
     """``auto``: paged 8-bit AdamW when bitsandbytes and CUDA are present (as the seed), else torch AdamW."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Compute precision. ``auto``: bf16 on GPUs that support it, fp32 elsewhere (CPU bf16 is ~100x slower here)."""
+    """Compute precision. ``auto``: bf16 on GPUs that support it; bf16 mixed precision on CPUs with fast native
+    bf16 (frozen weights in bf16, trained ones in fp32; the CPU's bf16 speed is measured at the start of a run);
+    fp32 elsewhere (AVX2-only CPUs run bf16 ~100x slower). The run records the result (``config.yaml``,
+    ``final/fatune.json``): resuming, generation and evaluation reuse it. ``fp16`` on CPU only tries out GPU configs."""
     force_fp16: bool = False
     """Allow fp16 mixed precision for Gemma 2, whose soft-capped logits can overflow in fp16 (the NaN guard stops a bad run)."""
     gradient_checkpointing: bool = False

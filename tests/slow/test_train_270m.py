@@ -18,7 +18,8 @@ def test_two_lora_steps_on_the_real_270m(tmp_path):
         f"output.dir={tmp_path / 'run'}"])
     result = train(config)
     summary = json.loads((result.out / "train_summary.json").read_text())
-    assert summary["steps"] == 2 and summary["method"] == "lora" and summary["precision"] == "fp32"
+    assert summary["steps"] == 2 and summary["method"] == "lora"
+    assert summary["precision"] in ("fp32", "bf16")  # the demo's auto: bf16 on CPUs with fast native bf16
     assert summary["final_train_loss"] < 20 and summary["final_eval_loss"] < 20  # finite, and a real LM
     assert 1e6 < summary["trainable_params"] < 3e6  # r=8 on all seven projections of 18 layers
     assert (result.out / "final" / "adapter_model.safetensors").exists()

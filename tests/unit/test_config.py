@@ -72,7 +72,7 @@ def test_shipped_configs_load_and_start_with_their_command(path):
     assert first_line.startswith("# fatune ") and str(path.relative_to(ROOT)) in first_line
     if path.parent.name == "demo" and path.name != "data.yaml":
         assert config.model.path == "pypi:gemma-3-270m" and config.data.path == "fatune:sample"
-        assert config.train.precision == "fp32" and config.train.grad_accum == 1
+        assert config.train.precision == "auto" and config.train.grad_accum == 1
         assert config.method.load_in_4bit == (config.method.name == "qlora")
         assert path.stem == config.method.name
 

@@ -1,7 +1,8 @@
 """``ChatModel``: one generation path for every kind of run (base model, adapter, full model, P-Tuning).
 
 Prompts are rendered with the same template code as training (``data.render_prompt``), normalized as
-the run's training data was, left-padded into batches, and generated until the end-of-turn token.
+the run's training data was, left-padded into batches, and generated until the end-of-turn token, in
+the run's precision (``Loaded.autocast``: bf16 autocast for a bf16 run).
 Outputs never contain template tokens or echo the prompt.
 """
 
@@ -54,7 +55,7 @@ class ChatModel:
         ids, mask = self._batch(prompts)
         common = dict(eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
                       **settings)
-        with torch.no_grad():
+        with torch.no_grad(), self.loaded.autocast():  # a bf16 run computes as it trained
             if self.loaded.is_prompt_learning and use_cache:
                 return generate_ptuning_cached(self.model, ids, mask, **common)  # new tokens only
             # the reference path: plain PEFT / transformers generate; output starts with the prompt

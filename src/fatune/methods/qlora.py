@@ -1,7 +1,7 @@
 """QLoRA: LoRA on a base quantized to 4 bit (nf4 by default) with bitsandbytes.
 
-The base is quantized while loading (``quantization_config``); ``apply`` readies it for k-bit training
-(norms and other small weights in fp32) and adds the same LoRA as ``lora``. bitsandbytes 0.50 runs nf4
+The base is quantized while loading (``quantization_config``; its other weights in the dtype the run's
+precision loads the base in); ``apply`` freezes it and adds the same LoRA as ``lora``. bitsandbytes 0.50 runs nf4
 ``Linear4bit`` on CPU too, so this is testable without a GPU.
 """
 
@@ -47,10 +47,15 @@ def keep_training_layout(model):
 
 
 def prepare_4bit(model):
-    """Ready a 4-bit base for training; gradient checkpointing is left to the trainer (non-reentrant)."""
-    from peft import prepare_model_for_kbit_training
+    """Ready a 4-bit base for training: freeze it and keep the training layout.
 
-    return keep_training_layout(prepare_model_for_kbit_training(model, use_gradient_checkpointing=False))
+    Of PEFT's ``prepare_model_for_kbit_training`` only the freezing is needed: gradient checkpointing is
+    left to the trainer (non-reentrant), and its cast of every non-4-bit weight to fp32 would undo bf16
+    mixed precision, which keeps the frozen embeddings and norms in bf16 (an fp32 base has nothing to cast).
+    """
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return keep_training_layout(model)
 
 
 def apply(model, cfg, tokenizer=None):

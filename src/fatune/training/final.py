@@ -3,7 +3,7 @@
 ``final/`` loads without fatune: a PEFT adapter (``PeftModel.from_pretrained(base, final)``) for
 ptuning, lora and qlora, a full HF model for embed_head and full. It also holds the tokenizer with
 the run's chat template as its Jinja ``chat_template``, and ``fatune.json`` (base model, method,
-template, normalization) so fatune can chat with it exactly as it was trained.
+template, normalization, precision) so fatune can chat with it exactly as it was trained.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from fatune.generation.loading import FATUNE_JSON
 from fatune.training.rundir import SUMMARY
 
 
-def save_final(model, method, tokenizer, template, config, final: Path) -> Path:
-    """Write the artifact atomically (built in a temporary dir, then renamed to ``final``)."""
+def save_final(model, method, tokenizer, template, config, final: Path, precision: str) -> Path:
+    """Write the artifact atomically (built in a temporary dir, then renamed to ``final``). ``precision``:
+    what the run trained in (``train.precision`` as resolved), so generation computes as training did."""
     from fatune.models import resolve
 
     model = method.merge(model) if hasattr(method, "merge") else model
@@ -31,7 +32,7 @@ def save_final(model, method, tokenizer, template, config, final: Path) -> Path:
     meta = {"fatune_version": __version__, "method": config.method.name, "base_model": config.model.path,
             "base_model_path": resolve(config.model.path), "tokenizer": config.model.tokenizer,
             "template": template.name, "normalize": config.data.normalize, "digits": config.data.digits,
-            "load_in_4bit": config.method.load_in_4bit,
+            "load_in_4bit": config.method.load_in_4bit, "precision": precision,
             "method_config": config.method.model_dump(mode="json")}  # reload a 4-bit base exactly as trained
 
     def build(tmp: Path) -> None:

@@ -1,12 +1,21 @@
 """Precision, optimizer and ``TrainingArguments`` for a config on this machine.
 
-Rules: bf16 on GPUs that support it, fp32 on CPU. How fast a CPU runs bf16 is measured, never assumed:
-AVX2-only CPUs (the reference machine) run bf16 matmuls ~100x slower than fp32, and TRL's SFTConfig,
-which defaults to bf16, silently trains ~14x slower there; CPUs with AMX run them several times faster.
-CPU bf16 is used only when asked for; ``auto`` stays fp32 (exact, and what the tests compare against)
-and says so when this CPU would run bf16 faster. fp16 training
-of Gemma 2 is refused unless forced: its soft-capped logits overflow in fp16. 8-bit paged AdamW (as
-the seed used) when bitsandbytes and CUDA are present.
+``train.precision: auto`` is decided once, at the start of a run, and recorded in the run (``config.yaml``
+and ``final/fatune.json``): a resumed run, generation and evaluation reuse the decision instead of
+deciding again on a machine that may now measure differently.
+
+* bf16 on GPUs that support it;
+* bf16 mixed precision on CPUs with fast native bf16 (AVX512-BF16, AMX). How fast a CPU runs bf16 is
+  measured, never assumed: AVX2-only CPUs run bf16 matmuls ~100x slower than fp32 (TRL's SFTConfig,
+  which defaults to bf16, silently trains ~14x slower there), CPUs with native bf16 several times faster;
+* fp32 elsewhere.
+
+bf16 mixed precision: frozen weights are stored in bf16 (the base of lora, ptuning and embed_head, the
+non-quantized weights of qlora), what trains stays fp32 with fp32 optimizer state (master weights), and
+the forward runs under autocast. ``full`` trains every weight, so all stay fp32. fp16 on CPU is allowed
+so GPU configs can be tried out on a CPU (it is slow there); fp16 training of Gemma 2 is refused unless
+forced: its soft-capped logits overflow in fp16. 8-bit paged AdamW (as the seed used) when bitsandbytes
+and CUDA are present.
 """
 
 from __future__ import annotations
@@ -22,6 +31,12 @@ from fatune.errors import FatuneError
 
 log = logging.getLogger(__name__)
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+# auto picks CPU bf16 only when it clearly pays: near 1x, bf16's rounding would buy nothing.
+CPU_BF16_MIN_SPEEDUP = 1.5
+# Methods whose base is frozen and stored in half precision under mixed precision (``full`` trains it all).
+HALF_BASE_METHODS = ("lora", "ptuning", "qlora", "embed_head")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -29,54 +44,105 @@ class Settings:
     optimizer: str
     device: str  # cuda | cpu
     model_dtype: object  # torch dtype to load the base in
+    reason: str = ""  # why ``auto`` resolved to ``precision`` (empty when the config named it)
 
 
 @lru_cache(maxsize=1)
-def cpu_bf16_speedup(size: int = 512, repeats: int = 4) -> float:
-    """How many times faster this CPU multiplies bf16 matrices than fp32 ones (measured, ~20 ms)."""
+def cpu_bf16_speedup(size: int = 1024, repeats: int = 5) -> float:
+    """How many times faster this CPU multiplies bf16 matrices than fp32 ones (measured once, about half a second).
+
+    Each dtype's best of ``repeats`` timings, taken in turns: on a busy machine the fastest run is
+    the one least disturbed by other processes, and alternating spreads any slow spell over both."""
     import torch
 
-    def seconds(dtype) -> float:
-        a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-        a @ b  # warm up the kernel
-        start = time.perf_counter()
-        for _ in range(repeats):
+    pairs = {dtype: (torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype))
+             for dtype in (torch.float32, torch.bfloat16)}
+    best = dict.fromkeys(pairs, float("inf"))
+    for a, b in pairs.values():
+        a @ b  # warm up the kernels
+    for _ in range(repeats):
+        for dtype, (a, b) in pairs.items():
+            start = time.perf_counter()
             a @ b
-        return time.perf_counter() - start
+            best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return best[torch.float32] / max(best[torch.bfloat16], 1e-9)
 
-    return seconds(torch.float32) / max(seconds(torch.bfloat16), 1e-9)
 
-
-def resolve(train_cfg, model_type: str, method: str = "full") -> Settings:
+def resolve(train_cfg, model_type: str, method: str = "full", recorded: str | None = None) -> Settings:
+    """The precision, optimizer and base dtype for this machine. ``recorded``: the precision this run
+    resolved when it started (a resumed run); ``auto`` keeps it instead of measuring again."""
     import torch
 
     cuda = torch.cuda.is_available()
-    precision = train_cfg.precision
+    precision, reason = train_cfg.precision, ""
     if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-        if not cuda and cpu_bf16_speedup() > 1.5:
-            log.warning("this CPU runs bf16 matmuls %.1fx faster than fp32; train.precision=bf16 may train faster "
-                        "(fatune stays on exact fp32 unless asked)", cpu_bf16_speedup())
+        precision, reason = (recorded, "as this run resolved it when it started") if recorded else _auto(cuda)
     elif precision == "bf16" and not cuda and cpu_bf16_speedup() < 1:
-        log.warning("train.precision=bf16: this CPU runs bf16 matmuls %.0fx slower than fp32; expect slow training",
+        log.warning("train.precision=bf16: this CPU runs bf16 matmuls %.1fx slower than fp32; expect slow training",
                     1 / cpu_bf16_speedup())
     if precision == "fp16":
-        if not cuda:
-            raise FatuneError("train.precision: fp16 mixed precision needs a CUDA GPU; use fp32 on CPU")
-        if model_type == "gemma2" and not train_cfg.force_fp16:
-            raise FatuneError("train.precision: fp16 training of Gemma 2 overflows its soft-capped logits; use bf16 "
-                              "or fp32, or set train.force_fp16: true to accept the risk (the NaN guard stops a bad run)")
+        _check_fp16(train_cfg, model_type, cuda)
     optimizer = train_cfg.optimizer
     if optimizer == "auto":
         optimizer = "paged_adamw_8bit" if cuda and _has_bitsandbytes() else "adamw_torch"
     elif "8bit" in optimizer and not cuda:
         log.warning("train.optimizer=%s on CPU: bitsandbytes' 8-bit optimizers are meant for CUDA", optimizer)
-    # A frozen base (LoRA, P-Tuning) may sit in half precision on a GPU; trained weights stay fp32 and
-    # mixed precision autocasts. On CPU everything is fp32.
-    dtype = torch.float32
-    if cuda and method in ("lora", "ptuning") and precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return Settings(precision, optimizer, "cuda" if cuda else "cpu", dtype)
+    return Settings(precision, optimizer, "cuda" if cuda else "cpu", base_dtype(precision, method, cuda), reason)
+
+
+def _auto(cuda: bool) -> tuple[str, str]:
+    import torch
+
+    if cuda:
+        return ("bf16", "this GPU supports bf16") if torch.cuda.is_bf16_supported() else ("fp32", "this GPU lacks bf16")
+    speedup = cpu_bf16_speedup()
+    if speedup >= CPU_BF16_MIN_SPEEDUP:
+        return "bf16", (f"this CPU multiplies bf16 matrices {speedup:.1f}x faster than fp32 (mixed precision: "
+                        "frozen weights in bf16, trained weights and optimizer state in fp32)")
+    return "fp32", f"bf16 is {speedup:.2f}x here (bf16 mixed precision needs {CPU_BF16_MIN_SPEEDUP}x)"
+
+
+def _check_fp16(train_cfg, model_type: str, cuda: bool) -> None:
+    if model_type == "gemma2" and not train_cfg.force_fp16:
+        raise FatuneError("train.precision: fp16 training of Gemma 2 overflows its soft-capped logits; use bf16 "
+                          "or fp32, or set train.force_fp16: true to accept the risk (the NaN guard stops a bad run)")
+    if not cuda:
+        log.warning("train.precision=fp16 on CPU: fp16 autocast with loss scaling, for trying out GPU configs; it is "
+                    "slow (CPUs without native fp16 train ~30x slower than fp32): train with bf16 or fp32 on CPUs")
+
+
+def base_dtype(precision: str, method: str, cuda: bool):
+    """The dtype to load the base in: half for a frozen base under bf16 (any device) or fp16 (GPU only:
+    fp16 weights on a CPU would only be slow), fp32 otherwise."""
+    import torch
+
+    if method in HALF_BASE_METHODS and precision == "bf16":
+        return torch.bfloat16
+    if method in ("lora", "ptuning") and precision == "fp16" and cuda:
+        return torch.float16
+    return torch.float32
+
+
+def upcast_trainable(model) -> None:
+    """Trained parameters in fp32 (master weights; AdamW state follows their dtype) over a half-precision
+    base: embed_head's trained matrix or rows come from bf16 weights (PEFT upcasts its own adapters)."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()  # in place on the Parameter: a tied head keeps sharing it
+
+
+def agree(settings: Settings) -> Settings:
+    """Rank 0's settings on every rank: under DDP each process measured the CPU itself, but a run makes
+    one decision. A no-op without a process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return settings
+    shared = [settings]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def _has_bitsandbytes() -> bool:

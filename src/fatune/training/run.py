@@ -38,8 +38,9 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _check_run_dir(out: Path, config, overwrite: bool) -> None:
-    """Refuse to touch a finished run (unless ``overwrite``) or to resume a different experiment."""
+def _check_run_dir(out: Path, config, overwrite: bool, precision: str) -> None:
+    """Refuse to touch a finished run (unless ``overwrite``) or to resume a different experiment; write
+    the config with ``train.precision`` as resolved (``auto`` is decided once per run)."""
     saved = out / "config.yaml"
     if overwrite:
         clear_run(out)
@@ -53,7 +54,23 @@ def _check_run_dir(out: Path, config, overwrite: bool) -> None:
         if changed:
             raise FatuneError(f"{out} holds an unfinished run with a different config ({', '.join(changed)}); "
                               "rerun with the same settings to resume, pass --overwrite, or choose another output.dir")
-    saved.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    resolved = config.model_dump(mode="json")
+    resolved["train"]["precision"] = precision
+    saved.write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+
+
+def _recorded_precision(out: Path, overwrite: bool = False) -> str | None:
+    """The precision an unfinished run resolved when it started (its ``config.yaml``), so that resuming it
+    keeps that decision; None for a new run."""
+    import torch
+
+    saved = Path(out) / "config.yaml"
+    if overwrite or not saved.exists() or is_finished(out) or latest_checkpoint(out) is None:
+        return None
+    precision = ((yaml.safe_load(saved.read_text()) or {}).get("train") or {}).get("precision")
+    if precision == "auto":  # written by a fatune that did not record the decision: its auto was fp32 on CPU
+        return None if torch.cuda.is_available() else "fp32"
+    return precision if precision in precision_rules.PRECISIONS else None
 
 
 def layout_for(config) -> str:
@@ -70,6 +87,22 @@ def _load_base(config, model_type: str, dtype):
     quantization = quantization_config(config.method) if config.method.load_in_4bit else None
     return load_model(config.model.path, dtype=dtype, attn_implementation=config.model.attn_implementation,
                       quantization_config=quantization, padding_free=layout_for(config) == "flat")
+
+
+def _precision(config, out: Path, model_type: str, overwrite: bool):
+    """This run's ``Settings`` and ``TrainingArguments``: decided once (a resumed run keeps the recorded
+    decision) and, under DDP, rank 0's decision on every rank."""
+    train_cfg, method = config.train, config.method.name
+    has_eval = config.data.val_ratio > 0
+    settings = precision_rules.resolve(train_cfg, model_type, method, _recorded_precision(out, overwrite))
+    args = precision_rules.training_arguments(config, out, settings, has_eval=has_eval)
+    if settings.device == "cpu" and args.world_size > 1:  # world_size sets up the process group agree uses
+        agreed = precision_rules.agree(settings)
+        if agreed != settings:
+            settings, args = agreed, precision_rules.training_arguments(config, out, agreed, has_eval=has_eval)
+    if train_cfg.precision == "auto" and _is_main_process():
+        log.warning("train.precision auto -> %s: %s", settings.precision, settings.reason)
+    return settings, args
 
 
 @dataclass
@@ -98,17 +131,17 @@ def train(config, overwrite: bool = False) -> TrainResult:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         model_type = load_config(config.model.path).model_type
-        settings = precision_rules.resolve(config.train, model_type, config.method.name)
-        args = precision_rules.training_arguments(config, out, settings, has_eval=config.data.val_ratio > 0)
+        settings, args = _precision(config, out, model_type, overwrite)
         with args.main_process_first(desc="prepare the run dir and the data"):
             if _is_main_process():
-                _check_run_dir(out, config, overwrite)
+                _check_run_dir(out, config, overwrite, settings.precision)
             prepared = prepare(config, tokenizer)
         if len(prepared.val) == 0:  # e.g. val_ratio > 0 on a single conversation: nothing to evaluate
             args.eval_strategy = IntervalStrategy.NO
         set_seed(config.train.seed)  # LoRA and prompt-encoder initialization happen before the Trainer seeds
         method = get_method(config.method.name)
         model = method.apply(_load_base(config, model_type, settings.model_dtype), config.method, tokenizer=tokenizer)
+        precision_rules.upcast_trainable(model)  # mixed precision: what trains stays fp32 over a bf16 base
         model.config.use_cache = False  # a KV cache would let packed conversations attend to each other
         report = method.report(model)
         log.warning("%s: %s trainable of %s parameters", config.method.name, f"{report['trainable_params']:,}",
@@ -142,7 +175,7 @@ def train(config, overwrite: bool = False) -> TrainResult:
         summary = None
         if trainer.args.should_save:
             template = get_template(config.model.template, tokenizer)
-            save_final(trainer.model, method, tokenizer, template, config, out / "final")
+            save_final(trainer.model, method, tokenizer, template, config, out / "final", settings.precision)
             summary = write_summary(out, config, trainer, output, report, prepared, final_eval,
                                     time.perf_counter() - started, settings)
         trainer.accelerator.wait_for_everyone()

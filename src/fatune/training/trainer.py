@@ -7,6 +7,8 @@ What it lacks, and is added here:
 * Checkpoints are written into ``checkpoints/.tmp-step-N`` and renamed to ``step-N`` only when
   complete, so a run killed mid-save never leaves a half checkpoint that a resume would pick up.
 * A non-finite loss stops the run before the optimizer applies it, leaving the last good checkpoint.
+* fp16 on CPU is real fp16 autocast with a gradient scaler (accelerate would silently run it as fp32), so
+  a GPU config tried out on a CPU meets fp16 as on the GPU.
 * With ``fused_head`` the loss comes from ``fatune.training.head`` (LM head only at trained positions,
   no full logits), in training and evaluation alike; the Trainer's token counting and loss scaling
   (``num_items_in_batch``, gradient accumulation, DDP) are unchanged.
@@ -19,6 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
 from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import unwrap_peft_model
@@ -38,6 +41,14 @@ class FatuneTrainer(Trainer):
         self.run_dir = Path(run_dir)
         self.keep_checkpoints = keep_checkpoints
         self.fused_head = fused_head and head.install(unwrap_peft_model(self.model))
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if self.args.fp16 and self.accelerator.device.type == "cpu":
+            # accelerate (1.15) silently trains fp16 on CPU as plain fp32: no autocast, no loss scaling. A GPU
+            # config tried out on a CPU should meet fp16 as it is: fp16 autocast and a gradient scaler.
+            self.accelerator.native_amp = True
+            self.accelerator.scaler = torch.amp.GradScaler("cpu")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.fused_head:
