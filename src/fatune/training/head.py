@@ -182,11 +182,14 @@ class FusedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total):
+        # Scaled in place: a trained head's gradient is as large as the weight (604M values for Gemma 2
+        # 2B's tied matrix), and a scaled copy would hold it twice. A second backward through the same
+        # graph (retain_graph) then fails autograd's in-place check instead of scaling twice.
         grad_hidden, grad_weight = ctx.saved_tensors
         hidden_dtype, weight_dtype = ctx.dtypes
         return (
-            None if grad_hidden is None else (grad_hidden * grad_total).to(hidden_dtype),
-            None if grad_weight is None else (grad_weight * grad_total).to(weight_dtype),
+            None if grad_hidden is None else grad_hidden.mul_(grad_total).to(hidden_dtype),
+            None if grad_weight is None else grad_weight.mul_(grad_total).to(weight_dtype),
             None, None, None,
         )
 
