@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import FARSTAIL, run_cli, write_jsonl
+from conftest import FARSTAIL, run_cli, tiny_train_config, write_jsonl
 
 from fatune.eval.run import evaluate
 from fatune.generation import load
@@ -117,3 +117,62 @@ def test_report_says_when_farstail_was_skipped(tiny_runs, tmp_path):
     md = compare([str(tiny_runs["lora"])], tmp_path / "r", limit=1, max_new_tokens=4,
                  precomputed={str(tiny_runs["lora"]): metrics}).with_suffix(".md").read_text()
     assert "n/a (skipped: farstail: could not download)" in md
+
+
+def _spy_fused_head(monkeypatch) -> list:
+    """Count the fused head's calls (the installed forward looks the function up on every call)."""
+    from fatune.training import head
+
+    calls, original = [], head.fused_head_loss_sum
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(head, "fused_head_loss_sum", counted)
+    return calls
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "ptuning", "embed_head", "full"])
+def test_loss_task_fused_head_scores_like_full_logits(method, tiny_runs, monkeypatch):
+    """Held-out loss through the fused head (no ``tokens x vocab`` logits) equals the full-logits scoring,
+    P-Tuning's virtual tokens and PEFT wrappers included."""
+    from fatune.eval import tasks
+
+    model = load(str(tiny_runs[method]))
+    with monkeypatch.context() as patched:
+        patched.setattr(tasks, "fused_head_for", lambda model: False)
+        full = tasks.loss_task(model, tiny_runs[method], limit=4)
+    calls = _spy_fused_head(monkeypatch)
+    fused = tasks.loss_task(model, tiny_runs[method], limit=4)
+    assert len(calls) == fused["rows"] == full["rows"] > 0  # one fused pass per row, no full-logits pass
+    assert (fused["tokens"], fused["bytes"]) == (full["tokens"], full["bytes"])
+    for key in ("loss", "bits_per_byte"):
+        assert fused[key] == pytest.approx(full[key], abs=1e-4)
+
+
+def test_loss_task_falls_back_to_full_logits_where_the_fused_head_declines(tiny_runs, monkeypatch):
+    from fatune.eval import tasks
+
+    model = load(str(tiny_runs["lora"]))
+    expected = tasks.loss_task(load(str(tiny_runs["lora"])), tiny_runs["lora"], limit=2)
+    model.model.get_output_embeddings().register_forward_hook(lambda module, args, output: None)  # as embed_head rows
+    calls = _spy_fused_head(monkeypatch)
+    result = tasks.loss_task(model, tiny_runs["lora"], limit=2)
+    assert not calls and result["loss"] == pytest.approx(expected["loss"], abs=1e-4)
+
+
+def test_loss_task_fused_head_in_a_bf16_run(tiny_model_dir, tmp_path, monkeypatch):
+    """A bf16 run loads with a bf16 base, an fp32 trained matrix and its forward under autocast; the fused
+    path (which calls the inner model directly) must run under that autocast too."""
+    from fatune import train
+    from fatune.eval import tasks
+
+    run = train(tiny_train_config(tiny_model_dir, tmp_path / "run", "embed_head", "train.max_steps=1",
+                                  "train.precision=bf16")).out
+    with monkeypatch.context() as patched:
+        patched.setattr(tasks, "fused_head_for", lambda model: False)
+        full = tasks.loss_task(load(str(run)), run, limit=3)
+    calls = _spy_fused_head(monkeypatch)
+    fused = tasks.loss_task(load(str(run)), run, limit=3)
+    assert calls and fused["loss"] == pytest.approx(full["loss"], abs=1e-3)  # bf16 logits round differently

@@ -55,9 +55,13 @@ def sequence_loglikelihoods(model, samples: Sequence[dict], pad_id: int) -> list
     labels = torch.tensor([[IGNORE] * (width - len(s["labels"])) + s["labels"] for s in samples])
     mask = (torch.arange(width).unsqueeze(0) >= torch.tensor([[width - len(s["input_ids"])] for s in samples])).long()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # outside generate, left padding needs explicit positions
+    # The kept positions as indices, not a count: a count slices the hidden states into a non-contiguous
+    # view, for which a bf16 LM head (under autocast) goes through bmm with the 262k-row weight copied once
+    # per row: 4.5 s instead of 0.46 s for 6 FarsTail prompts (measured); indices give a contiguous copy.
+    kept = torch.arange(width - keep, width, device=model.device)
     with torch.no_grad():
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                       position_ids=positions.to(model.device), logits_to_keep=keep).logits[:, -keep:]
+                       position_ids=positions.to(model.device), logits_to_keep=kept).logits[:, -keep:]
     targets = labels[:, -keep + 1:].to(logits.device)
     picked, scored = target_logprobs(logits[:, :-1], targets)
     rows = torch.arange(len(samples), device=logits.device).unsqueeze(1).expand_as(targets)[scored]

@@ -1,7 +1,8 @@
 """Evaluation tasks. Each takes a ``ChatModel`` and returns a JSON-ready dict of metrics.
 
 * ``loss``: held-out loss, perplexity and bits per UTF-8 byte on assistant tokens (the run's own
-  validation split, or a given file). Bits per byte compares models with different tokenizers.
+  validation split, or a given file). Bits per byte compares models with different tokenizers. Scored
+  through the training's fused LM head where it applies, so ``(tokens x vocab)`` logits never exist.
 * ``fidelity``: answers to a suite of Persian prompts, scored for Persian script and for the ways a
   Persian share can be gamed (echoing the prompt, degenerate repetition, empty answers).
 * ``farstail``: FarsTail NLI in the seed's chat format, scored by option log-likelihood.
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fatune.data.render import render_batch, trained_spans, truncate
+from fatune.data.render import IGNORE, render_batch, trained_spans, truncate
 from fatune.errors import DataError, FatuneError
 from fatune.eval import metrics
 from fatune.eval.choice import option_loglikelihoods, target_logprobs
@@ -48,20 +49,49 @@ def _validation_rows(chat_model, run_dir: Path | None, path: str | None, limit: 
     return [val[i] for i in range(len(val) if limit is None else min(limit, len(val)))]
 
 
+def fused_head_for(model) -> bool:
+    """Let ``model`` score held-out loss with the fused LM head (``training.head``): ``(tokens x vocab)``
+    logits never exist, which with Gemma's 262k vocabulary is most of the memory of a long row. Installed
+    under any PEFT wrapper, whose forward passes ``fused_head_loss`` on (P-Tuning prepends its virtual
+    tokens and pads the labels first). ``False`` where the head declines (a head with hooks, such as an
+    unmerged embed_head row subset, or a model type it does not cover): full logits then."""
+    from transformers.trainer_utils import unwrap_peft_model
+
+    from fatune.training import head
+
+    return head.install(unwrap_peft_model(model))
+
+
+def row_nll(model, ids: torch.Tensor, labels: torch.Tensor, fused: bool, **kwargs) -> tuple[float, int]:
+    """Summed next-token negative log-likelihood (nats) of the labelled tokens of one row, and their count."""
+    labels = labels.clone()
+    labels[:, 0] = IGNORE  # nothing in the row predicts it; P-Tuning's virtual tokens would, with fused labels
+    count = int((labels[:, 1:] != IGNORE).sum())
+    with torch.no_grad():
+        if fused:  # num_items_in_batch=1: the head's summed loss, not its mean
+            output = model(input_ids=ids, labels=labels, fused_head_loss=True, num_items_in_batch=1, use_cache=False,
+                           **kwargs)
+            return output.loss.item(), count
+        logits = model(input_ids=ids, use_cache=False, **kwargs).logits[:, -ids.shape[1]:]
+    picked, _ = target_logprobs(logits[0, :-1], labels[0, 1:])
+    return -picked.sum().item(), count
+
+
 def loss_task(chat_model, run_dir: Path | None = None, path: str | None = None, limit: int | None = None) -> dict:
     rows = _validation_rows(chat_model, run_dir, path, limit)
     if not rows:
         raise FatuneError("loss: the validation data is empty")
     model, nll, tokens, text_bytes = chat_model.model, 0.0, 0, 0
+    fused = fused_head_for(model)
     packed_ok = not chat_model.loaded.is_prompt_learning  # PEFT prompt learning ignores position_ids
     for row in tqdm(rows, desc="loss", leave=False):
         ids = torch.tensor([row["input_ids"]], device=model.device)
         kwargs = {"position_ids": torch.tensor([row["position_ids"]], device=model.device)} if packed_ok else {}
-        with torch.no_grad():
-            logits = model(input_ids=ids, use_cache=False, **kwargs).logits[:, -ids.shape[1]:]
-        picked, scored = target_logprobs(logits[0, :-1], torch.tensor(row["labels"][1:], device=model.device))
-        nll -= picked.sum().item()
-        tokens += int(scored.sum())
+        with chat_model.loaded.autocast():  # a bf16 run's model: the fused path bypasses its autocast forward
+            row_sum, row_tokens = row_nll(model, ids, torch.tensor([row["labels"]], device=model.device), fused,
+                                          **kwargs)
+        nll += row_sum
+        tokens += row_tokens
         for span in trained_spans(row):
             text_bytes += len(chat_model.tokenizer.decode(span, skip_special_tokens=True).encode("utf-8"))
     mean = nll / max(tokens, 1)
