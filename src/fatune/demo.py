@@ -24,20 +24,21 @@ METHODS = {
 }
 
 
-def demo_config(method: str, out: Path, steps: int, model: str = "pypi:gemma-3-270m", max_length: int = 256):
+def demo_config(method: str, out: Path, steps: int, model: str = "pypi:gemma-3-270m", max_length: int = 256,
+                precision: str = "auto"):
     from fatune.config import load_config
 
     evaluate_every = max(1, steps // 2)
     return load_config(None, [
         f"model.path={model}", "model.template=gemma", "data.path=fatune:sample", f"data.max_length={max_length}",
         *METHODS[method], f"train.max_steps={steps}", "train.batch_size=1", "train.grad_accum=1",
-        "train.precision=fp32", "train.warmup_ratio=0", f"train.save_steps={steps}",
+        f"train.precision={precision}", "train.warmup_ratio=0", f"train.save_steps={steps}",
         f"train.eval_steps={evaluate_every}", "train.logging_steps=1", "eval.max_rows=8", f"output.dir={out / method}"])
 
 
 def run_demo(out: str | Path = "runs/demo", steps: int = 20, farstail: str | None = None,
              model: str = "pypi:gemma-3-270m", methods=tuple(METHODS), fidelity_limit: int = 8,
-             max_new_tokens: int = 64, max_length: int = 256, farstail_limit: int = 30) -> Path:
+             max_new_tokens: int = 64, max_length: int = 256, farstail_limit: int = 30, precision: str = "auto") -> Path:
     """Run the whole demo into ``out``; return the path of ``report.html``."""
     from fatune.data.prepare import prepare
     from fatune.eval.report import compare
@@ -51,14 +52,14 @@ def run_demo(out: str | Path = "runs/demo", steps: int = 20, farstail: str | Non
     say = lambda n, text: print(f"\nfatune demo [{n}/{stages}] {text}", flush=True)  # noqa: E731
 
     say(1, f"preparing the bundled Persian sample for {model}")
-    config = demo_config(methods[0], out, steps, model, max_length)
+    config = demo_config(methods[0], out, steps, model, max_length, precision)
     report = prepare(config, load_tokenizer(model)).report
     print(f"  {report['train']['conversations']} training and {report['val']['conversations']} validation "
           f"conversations, {report['train']['rows']} training rows", flush=True)
     runs = []
     for i, method in enumerate(methods, 2):
         say(i, f"training {method} for {steps} steps")
-        runs.append(str(train(demo_config(method, out, steps, model, max_length), overwrite=True).out))
+        runs.append(str(train(demo_config(method, out, steps, model, max_length, precision), overwrite=True).out))
     say(stages - 1, "evaluating the base model and every run")
     # Everyone's loss on the same validation conversations: the base model's is the "before".
     loss_run = next((run for run in runs if Path(run).name == "lora"), runs[0])
@@ -71,10 +72,13 @@ def run_demo(out: str | Path = "runs/demo", steps: int = 20, farstail: str | Non
         except FatuneError as error:
             farstail_skipped = str(error)
             print(f"  FarsTail skipped: {error}", flush=True)
+    # The base model computes as the runs do (bf16 mixed precision where the CPU has fast bf16), so the
+    # "before" and "after" differ by training only.
+    precision = json.loads((Path(runs[0]) / "final" / "fatune.json").read_text()).get("precision", "fp32")
     for target in [model, *runs]:
         name = Path(target).name if target in runs else target
         print(f"  {name}", flush=True)
-        chat_model = load(target)
+        chat_model = load(target, precision=precision if target == model else None)
         results = evaluate(target, "loss", chat_model=chat_model, loss_run=loss_run)
         results["fidelity"] = evaluate(target, "fidelity", limit=fidelity_limit, max_new_tokens=max_new_tokens,
                                        chat_model=chat_model)["fidelity"]

@@ -67,6 +67,39 @@ def test_bench_generate_every_method_and_the_cache_comparison(tmp_path, tiny_mod
     assert all(r["no_cache_seconds"] > 0 for r in compare["prompts"])
 
 
+def test_bench_generate_bf16_vs_fp32(tmp_path, tiny_model_dir, capsys):
+    """``--precision both``: each target timed in fp32 and in bf16 (bf16 weights under bf16 autocast), then
+    compared: tokens/s and whether greedy decoding produced the same tokens."""
+    out = tmp_path / "generate.json"
+    assert main(["bench", "generate", "--model", str(tiny_model_dir), "--methods", "base,ptuning", "--new-tokens", "3",
+                 "--prompts", "short chat", "--precision", "both", "--no-cache-compare", "--out", str(out)]) == 0
+    assert "bf16 tokens/s" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["precision"] == "both"
+    assert [(m["name"], m["precision"]) for m in report["methods"]] == [
+        ("base", "fp32"), ("base", "bf16"), ("ptuning", "fp32"), ("ptuning", "bf16")]
+    compared = {row["name"]: row for row in report["precision_compare"]}
+    assert list(compared) == ["base", "ptuning"]
+    for row in compared.values():
+        assert row["fp32_tokens_per_s"] > 0 and row["bf16_tokens_per_s"] > 0 and row["speedup"] > 0
+        assert 0 <= row["differing_share"] <= 1 and row["same_tokens"] == (row["differing_share"] == 0)
+        (prompt,) = row["prompts"]
+        assert prompt["same_tokens"] == (prompt["first_difference"] is None) == row["same_tokens"]
+
+
+def test_first_difference_and_the_differing_share():
+    from fatune.bench.generate import first_difference, precision_comparison
+
+    assert first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert first_difference([1, 2, 3], [1, 5, 3]) == 1 and first_difference([1, 2], [1, 2, 3]) == 2
+    rows = [{"name": "base", "method": "base", "precision": p, "tokens_per_s": t,
+             "prompts": [{"prompt": "a"}, {"prompt": "b"}]} for p, t in (("fp32", 10.0), ("bf16", 25.0))]
+    ids = {("base", "fp32"): [[1, 2, 3, 4], [5, 6]], ("base", "bf16"): [[1, 2, 9, 9], [5, 6]]}
+    (row,) = precision_comparison(rows, ids)
+    assert (row["speedup"], row["same_tokens"], row["differing_share"]) == (2.5, False, round(2 / 6, 4))
+    assert [p["first_difference"] for p in row["prompts"]] == [2, None]
+
+
 def test_bench_generate_without_the_comparison_and_with_a_prompts_file(tmp_path, tiny_model_dir):
     from conftest import write_jsonl
 
@@ -90,6 +123,8 @@ def test_bench_generate_without_the_comparison_and_with_a_prompts_file(tmp_path,
     (["generate", "--prompts", "seed translation", "--shared", "/no/shared"], "pass --shared DIR"),
     (["generate", "--methods", "qlora", "--shape", "gemma3-1b"], "qlora needs a 4-bit model loaded from disk"),
     (["generate", "--model", "/no/such/model"], "--model /no/such/model: no such model directory"),
+    (["generate", "--precision", "fp8"], "--precision fp8: choose fp32, bf16 or both"),
+    (["train", "--precision", "fp16"], "--precision fp16: choose fp32, bf16 or both"),
 ])
 def test_bad_bench_arguments_are_one_line_and_exit_2(args, message, capsys):
     assert main(["bench", *args]) == 2

@@ -37,3 +37,12 @@ def test_padding_never_counts_and_windows_cut_attention():
     config = _config(sliding_window=2, layer_types=["sliding_attention"])
     assert training_flops(config, [3, 5], [1, 1]) == training_flops(config, [3], [1]) + training_flops(config, [5], [1])
     assert training_flops(config, [100], [0]) < training_flops(_config(), [100], [0])
+
+
+def test_matmul_peak_is_measured_in_the_dtype_asked_for():
+    import torch
+
+    from fatune.bench.flops import matmul_peak_flops
+
+    for dtype in (None, torch.bfloat16):  # bf16 is emulated on AVX2-only CPUs: the probe keeps that short
+        assert matmul_peak_flops(size=256, seconds=0.05, dtype=dtype) > 1e6

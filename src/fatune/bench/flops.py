@@ -6,7 +6,8 @@ applied), the LM head only at trained positions. Forward: 2 FLOPs per weight per
 gradient with respect to the input for every weight (2 per weight per token) and, for trained weights
 only, the gradient with respect to the weight (2 more): a frozen base under LoRA costs 4 FLOPs per
 weight per token, not the usual 6. Norms, activations and softmax are not counted (elementwise).
-MFU = model FLOPs / (seconds x the fp32 matmul peak measured in the same process).
+MFU = model FLOPs / (seconds x the matmul peak of the precision trained in, measured in the same
+process): fp32 runs against the fp32 peak, bf16 runs against the bf16 peak.
 """
 
 from __future__ import annotations
@@ -52,23 +53,40 @@ def training_flops(config, lengths: list[int], trained: list[int], lora_rank: in
     return float(forward + backward)
 
 
-def matmul_peak_flops(size: int = 2048, seconds: float = 1.5, dtype=None) -> float:
-    """Best fp32 (or ``dtype``) ``size x size`` matmul rate in FLOP/s on this process's threads/device."""
+def _product_seconds(a, b, cuda: bool, products: int = 1) -> float:
+    import torch
+
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(products):
+        a @ b
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def matmul_peak_flops(size: int | None = None, seconds: float = 1.5, dtype=None) -> float:
+    """Best fp32 (or ``dtype``) ``size x size`` matmul rate in FLOP/s on this process's threads/device.
+
+    ``size`` defaults to 2048 on CPU and 8192 on CUDA (a 2048^3 product takes ~20 us on an H100-class
+    GPU, where launch overhead would hide the peak)."""
     import torch
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    a = torch.randn(size, size, device=device, dtype=dtype or torch.float32)
-    b = torch.randn(size, size, device=device, dtype=dtype or torch.float32)
+    dtype = dtype or torch.float32
+    size = size or (8192 if cuda else 2048)
+    # A CPU without native bf16 (AVX2 only) emulates it ~100x slower than fp32: one 2048^3 product would
+    # take ~30 s there. A 512^3 probe says how fast this dtype is; slow dtypes are measured at 512.
+    probe = torch.randn(512, 512, device=device, dtype=dtype)
+    probe @ probe
+    if 2 * size**3 * _product_seconds(probe, probe, cuda) / (2 * 512**3) > 0.25:
+        size = 512
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        if cuda:
-            torch.cuda.synchronize()
-        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - start))
+        best = max(best, 4 * 2 * size**3 / _product_seconds(a, b, cuda, products=4))
     return best

@@ -20,6 +20,12 @@ chat`` use), greedy, exactly ``--new-tokens`` new tokens per prompt (``min_new_t
   again on the uncached reference path (PEFT's ``generate(use_cache=False)``), which is quadratic in
   the length; the report gives both times, the speedup, and whether both paths produced the same tokens.
   ``--no-cache-compare`` skips it.
+* **bf16 vs fp32** (``--precision bf16|both``, default ``fp32``): in bf16 the base weights are loaded in
+  bf16 (``load_model(..., dtype=torch.bfloat16)``) and generation runs under ``torch.autocast`` in bf16
+  on the model's device, so fp32 pieces (LoRA weights, P-Tuning's prompt encoder) meet bf16 ones, as in
+  a bf16 training run. ``both`` times every target in fp32 and then in bf16 in the same invocation and
+  adds a table: tokens/s in each, the speedup, and whether the greedy tokens are identical (else the
+  share of new-token positions that differ, and where each prompt's output first diverges).
 
 Prompts (``--prompts``, comma-separated names, or a prompts file in any source format): ``short chat``
 (16 tokens), ``seed translation`` (the seed's EN->FA prompt, ~160 tokens, from
@@ -31,10 +37,12 @@ Prompts (``--prompts``, comma-separated names, or a prompts file in any source f
     fatune bench generate --methods ptuning --new-tokens 128 --prompts "short chat,seed translation,FarsTail NLI,long reading"
     fatune bench generate --methods ptuning,base --shape gemma3-1b --prompts "short chat"
     fatune bench generate --run runs/demo/ptuning --run runs/demo/lora --out gen.json
+    fatune bench generate --methods base,ptuning --precision both --no-cache-compare   # bf16 vs fp32
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -57,6 +65,30 @@ PROMPTS = ("short chat", "seed translation", "FarsTail NLI", "long reading")
 DEFAULT_PROMPTS = "short chat,seed translation"
 DEFAULT_NEW_TOKENS = 64
 SHAPES = {"gemma3-1b": "random Gemma 3 1B-shaped model"}
+PRECISIONS = ("fp32", "bf16", "both")
+
+
+def precisions(precision: str) -> list[str]:
+    """The precisions ``--precision`` times: ``both`` is fp32 then bf16."""
+    if precision not in PRECISIONS:
+        raise FatuneError(f"--precision {precision}: choose fp32, bf16 or both")
+    return ["fp32", "bf16"] if precision == "both" else [precision]
+
+
+def weights_dtype(precision: str):
+    """What the base weights are loaded in: bf16 for ``bf16``, fp32 otherwise."""
+    import torch
+
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def autocast(model, precision: str):
+    """bf16 autocast on the model's device for ``bf16`` (fp32 adapters meet bf16 weights), else nothing."""
+    import torch
+
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
 
 
 # -- prompts ---------------------------------------------------------------------------------------------
@@ -128,8 +160,10 @@ def gemma3_1b_shaped():
     return model.eval()
 
 
-def untrained(method: str, model: str = DEFAULT_MODEL, template: str = "gemma", shape: str | None = None):
-    """A ``ChatModel`` of ``model`` with ``method`` applied in memory, untrained (``base``: none)."""
+def untrained(method: str, model: str = DEFAULT_MODEL, template: str = "gemma", shape: str | None = None,
+              precision: str = "fp32"):
+    """A ``ChatModel`` of ``model`` with ``method`` applied in memory, untrained (``base``: none), its base
+    weights in ``precision``'s dtype."""
     import torch
 
     from fatune.config import MethodConfig
@@ -144,10 +178,11 @@ def untrained(method: str, model: str = DEFAULT_MODEL, template: str = "gemma", 
         tokenizer = load_tokenizer(model)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        loaded = Loaded(gemma3_1b_shaped(), tokenizer, template)
+        loaded = Loaded(gemma3_1b_shaped().to(weights_dtype(precision)), tokenizer, template)
     else:
         try:
-            loaded = load_artifact(model, template=template, load_in_4bit=method == "qlora")
+            loaded = load_artifact(model, template=template, load_in_4bit=method == "qlora",
+                                   dtype=weights_dtype(precision))
         except ImportError as error:
             raise FatuneError(f"{method}: {error}") from None
     if method != "base":
@@ -158,17 +193,20 @@ def untrained(method: str, model: str = DEFAULT_MODEL, template: str = "gemma", 
     return ChatModel(loaded)
 
 
-def from_run(run: str):
+def from_run(run: str, precision: str = "fp32"):
     from fatune.generation import load
 
-    return load(run)
+    return load(run, dtype=weights_dtype(precision))
 
 
 # -- timing ----------------------------------------------------------------------------------------------
-def timed(model, prompt, new_tokens: int, use_cache: bool = True) -> tuple[float, list[int]]:
-    """Seconds to generate exactly ``new_tokens`` tokens for one prompt, and the tokens."""
+def timed(model, prompt, new_tokens: int, use_cache: bool = True, precision: str = "fp32") -> tuple[float, list[int]]:
+    """Seconds to generate exactly ``new_tokens`` tokens for one prompt (under ``precision``'s autocast), and
+    the tokens."""
     start = time.perf_counter()
-    result = model.generate([prompt], use_cache=use_cache, max_new_tokens=new_tokens, min_new_tokens=new_tokens)[0]
+    with autocast(model.model, precision):
+        result = model.generate([prompt], use_cache=use_cache, max_new_tokens=new_tokens,
+                                min_new_tokens=new_tokens)[0]
     return time.perf_counter() - start, result["output_ids"]
 
 
@@ -177,7 +215,7 @@ class Target:
     label: str
     method: str
     source: str  # "untrained" or the run dir
-    build: Callable
+    build: Callable  # build(precision) -> ChatModel
 
 
 def plan(methods: str | None, runs: Sequence[str], model: str, template: str, shape: str | None) -> list[Target]:
@@ -196,7 +234,8 @@ def plan(methods: str | None, runs: Sequence[str], model: str, template: str, sh
         raise FatuneError("--shape times untrained methods on a random model; it cannot be combined with --run")
     if not shape and model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
         raise FatuneError(f"--model {model}: no such model directory")
-    targets = [Target(m, m, "untrained", lambda m=m: untrained(m, model, template, shape)) for m in dict.fromkeys(chosen)]
+    targets = [Target(m, m, "untrained", lambda precision, m=m: untrained(m, model, template, shape, precision))
+               for m in dict.fromkeys(chosen)]
     for run in runs:
         if not Path(run).expanduser().exists():
             raise FatuneError(f"--run {run}: no such run directory")
@@ -205,7 +244,7 @@ def plan(methods: str | None, runs: Sequence[str], model: str, template: str, sh
         label = f"{method} ({Path(run).name})"
         if any(t.label == label for t in targets):  # two runs with the same dir name: name them in full
             label = f"{method} ({run})"
-        targets.append(Target(label, method, str(run), lambda run=run: from_run(run)))
+        targets.append(Target(label, method, str(run), lambda precision, run=run: from_run(run, precision)))
     if not targets:
         raise FatuneError("nothing to time: give --methods and/or --run")
     return targets
@@ -214,11 +253,12 @@ def plan(methods: str | None, runs: Sequence[str], model: str, template: str, sh
 def bench_generate(methods: str | None = None, runs: Sequence[str] = (), model: str = DEFAULT_MODEL,
                    new_tokens: int = DEFAULT_NEW_TOKENS, prompts: str = DEFAULT_PROMPTS, shared: str | Path = "../shared",
                    template: str = "gemma", shape: str | None = None, cache_compare: bool = True,
-                   out: str | Path | None = None, command: str | None = None) -> dict:
+                   out: str | Path | None = None, command: str | None = None, precision: str = "fp32") -> dict:
     """Time every target (see the module docstring), print the tables, write the JSON report to ``out``."""
     import torch
 
     positive(new_tokens, "--new-tokens")
+    precision_list = precisions(precision)
     if shape and shape not in SHAPES:
         raise FatuneError(f"--shape: unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
     targets = plan(methods, runs, model, template, shape)
@@ -227,71 +267,113 @@ def bench_generate(methods: str | None = None, runs: Sequence[str] = (), model: 
 
     transformers_logging.disable_progress_bar()  # one "Loading weights" bar per model drowns the table
 
-    results, compare, ids_by_label = [], None, {}
+    results, compare, ids_by = [], None, {}
     for target in targets:
-        print(f"fatune bench generate: {target.label} ...", flush=True)
-        began = time.perf_counter()
-        chat = target.build()
-        load_s = time.perf_counter() - began
-        timed(chat, chosen_prompts[0][1], 4)  # warm up kernels and caches
-        per_prompt, ids, total_s = [], [], 0.0
-        for name, prompt in chosen_prompts:
-            seconds, output = timed(chat, prompt, new_tokens)
-            ids.append(output)
-            total_s += seconds
-            per_prompt.append({"prompt": name, "prompt_tokens": len(chat.prompt_ids(prompt)),
-                               "seconds": round(seconds, 3), "new_tokens": len(output),
-                               "tokens_per_s": round(len(output) / seconds, 2)})
-        ids_by_label[target.label] = ids
-        tokens = sum(p["new_tokens"] for p in per_prompt)
-        results.append({"name": target.label, "method": target.method, "source": target.source,
-                        "load_seconds": round(load_s, 1), "seconds": round(total_s, 2), "new_tokens": tokens,
-                        "tokens_per_s": round(tokens / total_s, 2), "prompts": per_prompt})
-        if cache_compare and compare is None and chat.loaded.is_prompt_learning:
-            compare = _cache_comparison(chat, target.label, chosen_prompts, new_tokens, per_prompt, ids)
-        del chat
-        gc.collect()
+        for dtype in precision_list:
+            suffix = "" if dtype == "fp32" else f" ({dtype})"
+            print(f"fatune bench generate: {target.label}{suffix} ...", flush=True)
+            began = time.perf_counter()
+            chat = target.build(dtype)
+            load_s = time.perf_counter() - began
+            result, ids_by[target.label, dtype] = _time_target(chat, chosen_prompts, new_tokens, dtype)
+            results.append({"name": target.label, "method": target.method, "source": target.source,
+                            "precision": dtype, "load_seconds": round(load_s, 1), **result})
+            if cache_compare and compare is None and chat.loaded.is_prompt_learning:
+                compare = _cache_comparison(chat, target.label, chosen_prompts, new_tokens, result["prompts"],
+                                            ids_by[target.label, dtype], dtype)
+            del chat
+            gc.collect()
 
-    base_ids = ids_by_label.get("base") if any(t.label == "base" and t.source == "untrained" for t in targets) else None
+    has_base = any(t.label == "base" and t.source == "untrained" for t in targets)
     for result in results:
         same = None
-        if base_ids is not None and result["source"] == "untrained" and result["name"] != "base":
-            same = ids_by_label[result["name"]] == base_ids
+        if has_base and result["source"] == "untrained" and result["name"] != "base":
+            same = ids_by[result["name"], result["precision"]] == ids_by["base", result["precision"]]
         result["same_tokens_as_base"] = same
 
     report = {"bench": "generate", "command": command or command_line(), **environment(),
               "model": SHAPES[shape] if shape else model, "template": template,
               "new_tokens_per_prompt": new_tokens, "batch_size": 1, "preset": "greedy",
               "prompts": [{"name": n, "messages": len(p)} for n, p in chosen_prompts],
-              "threads": torch.get_num_threads(), "methods": results, "ptuning_cache": compare}
+              "threads": torch.get_num_threads(), "precision": precision, "methods": results, "ptuning_cache": compare,
+              "precision_compare": precision_comparison(results, ids_by) if len(precision_list) > 1 else None}
     print(format_report(report))
     write_report(report, out)
     return report
 
 
-def _cache_comparison(chat, label, prompts, new_tokens, cached, cached_ids) -> dict:
+def _time_target(chat, prompts, new_tokens: int, precision: str) -> tuple[dict, list[list[int]]]:
+    """Time one loaded target on every prompt: its report row (without names) and the generated ids."""
+    timed(chat, prompts[0][1], 4, precision=precision)  # warm up kernels and caches
+    per_prompt, ids, total_s = [], [], 0.0
+    for name, prompt in prompts:
+        seconds, output = timed(chat, prompt, new_tokens, precision=precision)
+        ids.append(output)
+        total_s += seconds
+        per_prompt.append({"prompt": name, "prompt_tokens": len(chat.prompt_ids(prompt)),
+                           "seconds": round(seconds, 3), "new_tokens": len(output),
+                           "tokens_per_s": round(len(output) / seconds, 2)})
+    tokens = sum(p["new_tokens"] for p in per_prompt)
+    return {"seconds": round(total_s, 2), "new_tokens": tokens, "tokens_per_s": round(tokens / total_s, 2),
+            "prompts": per_prompt}, ids
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """The first position where two generations differ (a length difference counts), or None."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def precision_comparison(results: list[dict], ids_by: dict) -> list[dict]:
+    """bf16 against fp32 for every target timed in both: tokens/s, speedup, and how far the greedy tokens
+    agree. Greedy decoding feeds each token back, so after a first difference the rest usually differs too:
+    ``first_difference`` per prompt says more than ``differing_share`` (new-token positions that differ)."""
+    rows = []
+    for fp32 in (r for r in results if r["precision"] == "fp32"):
+        bf16 = next((r for r in results if r["name"] == fp32["name"] and r["precision"] == "bf16"), None)
+        if bf16 is None:
+            continue
+        pairs = list(zip(ids_by[fp32["name"], "fp32"], ids_by[fp32["name"], "bf16"]))
+        positions = sum(max(len(a), len(b)) for a, b in pairs)
+        differing = sum(sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b)) for a, b in pairs)
+        rows.append({"name": fp32["name"], "method": fp32["method"], "fp32_tokens_per_s": fp32["tokens_per_s"],
+                     "bf16_tokens_per_s": bf16["tokens_per_s"],
+                     "speedup": round(bf16["tokens_per_s"] / fp32["tokens_per_s"], 2),
+                     "same_tokens": differing == 0, "differing_share": round(differing / max(positions, 1), 4),
+                     "prompts": [{"prompt": p["prompt"], "same_tokens": a == b,
+                                  "first_difference": first_difference(a, b)} for p, (a, b) in zip(fp32["prompts"], pairs)]})
+    return rows
+
+
+def _cache_comparison(chat, label, prompts, new_tokens, cached, cached_ids, precision: str = "fp32") -> dict:
     """The uncached reference path on the same prompts; the cached figures come from the method's row."""
     print(f"fatune bench generate: {label} without the KV cache (the reference path) ...", flush=True)
     rows = []
     for (name, prompt), row, ids in zip(prompts, cached, cached_ids):
-        uncached_s, uncached_ids = timed(chat, prompt, new_tokens, use_cache=False)
+        uncached_s, uncached_ids = timed(chat, prompt, new_tokens, use_cache=False, precision=precision)
         rows.append({"prompt": name, "prompt_tokens": row["prompt_tokens"], "cached_seconds": row["seconds"],
                      "no_cache_seconds": round(uncached_s, 3), "speedup": round(uncached_s / row["seconds"], 2),
                      "same_tokens": ids == uncached_ids})
     cached_total = sum(r["cached_seconds"] for r in rows)
     uncached_total = sum(r["no_cache_seconds"] for r in rows)
     tokens = new_tokens * len(rows)
-    return {"model": label, "prompts": rows, "cached_tokens_per_s": round(tokens / cached_total, 2),
+    return {"model": label, "precision": precision, "prompts": rows,
+            "cached_tokens_per_s": round(tokens / cached_total, 2),
             "no_cache_tokens_per_s": round(tokens / uncached_total, 2),
             "speedup_total": round(uncached_total / cached_total, 2), "same_tokens": all(r["same_tokens"] for r in rows)}
 
 
 def format_report(report: dict) -> str:
-    methods = [[r["name"], r["new_tokens"], r["seconds"], r["tokens_per_s"], r["same_tokens_as_base"],
-                r["load_seconds"]] for r in report["methods"]]
+    shown = report.get("precision", "fp32") != "fp32"  # the fp32-only table keeps its columns
+    methods = [[r["name"], *([r["precision"]] if shown else []), r["new_tokens"], r["seconds"], r["tokens_per_s"],
+                r["same_tokens_as_base"], r["load_seconds"]] for r in report["methods"]]
+    headers = ["method", *(["precision"] if shown else []), "new tokens", "seconds", "tokens/s", "same tokens as base",
+               "load s"]
     lines = ["", f"fatune bench generate: {report['model']}, greedy, {report['new_tokens_per_prompt']} new tokens per "
              f"prompt, one prompt at a time; prompts: {', '.join(p['name'] for p in report['prompts'])}", "",
-             format_table(["method", "new tokens", "seconds", "tokens/s", "same tokens as base", "load s"], methods)]
+             format_table(headers, methods)]
     compare = report["ptuning_cache"]
     if compare:
         rows = [[r["prompt"], r["prompt_tokens"], r["cached_seconds"], r["no_cache_seconds"], f"{r['speedup']:.1f}x",
@@ -301,6 +383,14 @@ def format_report(report: dict) -> str:
                      f"{compare['speedup_total']:.1f}x", compare["same_tokens"]])
         lines += ["", f"P-Tuning ({compare['model']}): fatune's cached path vs the uncached reference (--no-cache)", "",
                   format_table(["prompt", "prompt tokens", "cached s", "--no-cache s", "speedup", "same tokens"], rows)]
+    if report.get("precision_compare"):
+        rows = [[r["name"], r["fp32_tokens_per_s"], r["bf16_tokens_per_s"], f"{r['speedup']:.2f}x", r["same_tokens"],
+                 f"{r['differing_share']:.1%}", ", ".join(str(p["first_difference"]) for p in r["prompts"]
+                                                          if p["first_difference"] is not None) or None]
+                for r in report["precision_compare"]]
+        lines += ["", "bf16 (bf16 weights, bf16 autocast) vs fp32, the same prompts and greedy decoding", "",
+                  format_table(["method", "fp32 tokens/s", "bf16 tokens/s", "speedup", "same tokens",
+                                "tokens differing", "first difference at"], rows)]
     lines += ["", f"machine: {report['machine']}; torch {report['torch']} ({report['threads']} threads), "
               f"transformers {report['transformers']}, peft {report['peft']}"]
     return "\n".join(lines)

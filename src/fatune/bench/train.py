@@ -7,6 +7,14 @@ in its own subprocess (``fatune.bench.worker``), arms alternating, ``repeats`` t
 kept. The top-level JSON keys compare fatune with ``trl-default`` on the default workload; the
 ``trl-best`` comparison and the FarsTail-chat workload (short answers) sit under ``workloads`` in the
 same shape. ``variants`` adds fatune runs with config overrides (one lever switched off, say).
+
+``precision`` is ``fp32`` (the default), ``bf16`` (every arm in bf16 mixed precision: the HF Trainer's
+autocast, the frozen base in bf16, fp32 LoRA weights; see ``fatune.bench.worker``) or ``both``: every
+arm runs in each, labelled ``ARM fp32`` and ``ARM bf16``. Then the top-level keys compare fatune with
+``trl-default`` in bf16, ``workloads["bf16_vs_fp32"]`` is fatune bf16 over fatune fp32 (same shape:
+``speedup`` is the conv/s ratio, ``loss_rel_diff`` the held-out loss's), and the other comparisons
+are named ``WORKLOAD/BASELINE/PRECISION`` (``sample/trl-best/bf16``, ``sample/trl-default/fp32``, ...).
+MFU is always against the matmul peak of the arm's own precision, measured in its own process.
 """
 
 from __future__ import annotations
@@ -22,6 +30,19 @@ from fatune.bench.flops import training_flops
 from fatune.errors import FatuneError
 
 ARMS = ("trl-default", "trl-best", "fatune")
+PRECISIONS = ("fp32", "bf16", "both")
+
+
+def precisions(precision: str) -> list[str]:
+    """The precisions ``--precision`` runs: ``both`` is fp32 then bf16."""
+    if precision not in PRECISIONS:
+        raise FatuneError(f"--precision {precision}: choose fp32, bf16 or both")
+    return ["fp32", "bf16"] if precision == "both" else [precision]
+
+
+def label(arm: str, precision: str, labelled: bool) -> str:
+    """An arm's name in the report: ``fatune``, or ``fatune bf16`` when several precisions run."""
+    return f"{arm} {precision}" if labelled else arm
 
 
 def _workload(name: str, source: str, model: str, template: str, conversations: int, heldout: int,
@@ -69,12 +90,14 @@ def _summary(runs: list[dict], spec: dict, flops: float) -> dict:
         return statistics.median(r[key] for r in runs)
 
     seconds, matmul_peak = median("train_seconds"), median("matmul_peak_flops")
-    return {"seconds": seconds, "all_seconds": [r["train_seconds"] for r in runs],
+    peaks = {p: statistics.median(r["matmul_peaks"][p] for r in runs) for p in runs[0]["matmul_peaks"]}
+    return {"precision": runs[0]["precision"], "seconds": seconds, "all_seconds": [r["train_seconds"] for r in runs],
             "conv_per_s": len(spec["lengths"]) / seconds, "tokens_per_s": sum(spec["lengths"]) / seconds,
             "supervised_tokens_per_s": sum(spec["trained"]) / seconds, "peak_bytes": median("peak_bytes"),
             "train_peak_rss_bytes": median("train_peak_rss_bytes"),
             "heldout_loss": runs[0]["heldout_loss"], "step_losses": runs[0]["step_losses"],
-            "mfu": flops / seconds / matmul_peak, "matmul_peak_flops": matmul_peak, "command": runs[0]["command"]}
+            "mfu": flops / seconds / matmul_peak, "matmul_peak_flops": matmul_peak, "matmul_peaks": peaks,
+            "weight_dtypes": runs[0]["weight_dtypes"], "command": runs[0]["command"]}
 
 
 def compare(fatune: dict, baseline: dict, baseline_name: str) -> dict:
@@ -89,25 +112,54 @@ def compare(fatune: dict, baseline: dict, baseline_name: str) -> dict:
         "memory_ratio": fatune["peak_bytes"] / baseline["peak_bytes"],
         "loss_rel_diff": abs(fatune["heldout_loss"] - baseline["heldout_loss"]) / baseline["heldout_loss"],
         "mfu": fatune["mfu"], "baseline_mfu": baseline["mfu"],
+        "precision": fatune["precision"], "baseline_precision": baseline["precision"],
         "fatune_command": fatune["command"], "baseline_command": baseline["command"],
     }
 
 
 def run_workload(spec: dict, work: Path, repeats: int, arms, variants: dict[str, list[str]], flops: float,
-                 log=print) -> dict:
-    spec_path = work / f"{spec['name']}.json"
-    spec_path.write_text(json.dumps(spec))
+                 log=print, precision_list=("fp32",)) -> dict:
+    """Run every arm and variant in each precision, ``repeats`` times; ``{label: summary}``."""
+    labelled = len(precision_list) > 1
+    spec_paths = {}
+    for precision in precision_list:  # one spec per precision: the worker reads its precision from there
+        spec_paths[precision] = work / (f"{spec['name']}-{precision}.json" if labelled else f"{spec['name']}.json")
+        spec_paths[precision].write_text(json.dumps({**spec, "precision": precision}))
+    jobs = [(label(arm, precision, labelled), arm, overrides, precision) for precision in precision_list
+            for arm, overrides in [(arm, []) for arm in arms] + list(variants.items())]
     runs: dict[str, list[dict]] = {}
-    jobs = [(arm, []) for arm in arms] + list(variants.items())
     for repeat in range(repeats):
         order = jobs if repeat % 2 == 0 else jobs[::-1]  # alternate, so drift hits every arm alike
-        for arm, overrides in order:
+        for name, arm, overrides, precision in order:
             worker_arm = "fatune" if arm.startswith("fatune") else arm
-            result = _run(worker_arm, spec_path, work / f"{spec['name']}-{arm}-{repeat}.json", overrides)
-            runs.setdefault(arm, []).append(result)
-            log(f"  {spec['name']:8} {arm:28} run {repeat + 1}/{repeats}: {result['train_seconds']:7.1f} s, "
+            result = _run(worker_arm, spec_paths[precision], work / f"{spec['name']}-{name}-{repeat}.json", overrides)
+            runs.setdefault(name, []).append(result)
+            log(f"  {spec['name']:8} {name:28} run {repeat + 1}/{repeats}: {result['train_seconds']:7.1f} s, "
                 f"peak {result['peak_bytes'] / 2**30:.2f} GiB, held-out loss {result['heldout_loss']:.5f}")
-    return {arm: _summary(results, spec, flops) for arm, results in runs.items()}
+    return {name: _summary(results, spec, flops) for name, results in runs.items()}
+
+
+def comparisons(results: dict[str, dict], precision_list: list[str]) -> tuple[dict | None, dict]:
+    """The top-level comparison (sample, fatune vs trl-default, in bf16 when both ran) and the others by name."""
+    labelled = len(precision_list) > 1
+    top_precision = "bf16" if "bf16" in precision_list else precision_list[0]
+    top, named = None, {}
+    for workload, arms in results.items():
+        for precision in precision_list:
+            fatune = arms.get(label("fatune", precision, labelled))
+            for base in ("trl-default", "trl-best"):
+                baseline = arms.get(label(base, precision, labelled))
+                if fatune is None or baseline is None:
+                    continue
+                result = compare(fatune, baseline, label(base, precision, labelled))
+                if (workload, base, precision) == ("sample", "trl-default", top_precision):
+                    top = result
+                else:
+                    named[f"{workload}/{base}" + (f"/{precision}" if labelled else "")] = result
+        if labelled and "fatune bf16" in arms and "fatune fp32" in arms:
+            key = "bf16_vs_fp32" if workload == "sample" else f"{workload}/bf16_vs_fp32"
+            named[key] = compare(arms["fatune bf16"], arms["fatune fp32"], "fatune fp32")
+    return top, named
 
 
 def bench_train(model: str = "pypi:gemma-3-270m", method: str = "lora", data: str = "fatune:sample",
@@ -122,6 +174,7 @@ def bench_train(model: str = "pypi:gemma-3-270m", method: str = "lora", data: st
         raise FatuneError(f"--method {method}: the TRL baselines are built for lora and qlora")
     if repeats < 1:
         raise FatuneError("--repeats must be at least 1")
+    precision_list = precisions(precision)
     model_dir = resolve(model)
     settings = {"model": model_dir, "template": template, "method": method, "lora_r": 8, "lora_alpha": 16,
                 "lora_targets": list(LORA_TARGETS), "batch_size": batch_size, "learning_rate": 2e-4,
@@ -142,15 +195,14 @@ def bench_train(model: str = "pypi:gemma-3-270m", method: str = "lora", data: st
             flops = _flops(model_dir, spec, tuple(LORA_TARGETS))
             log(f"workload {name}: {len(spec['train_rows'])} conversations, {spec['steps']} steps of {batch_size}, "
                 f"{flops / 1e12:.2f} TFLOP of model work")
-            results[name] = run_workload(spec, work, repeats, arms, variants or {}, flops, log)
+            results[name] = run_workload(spec, work, repeats, arms, variants or {}, flops, log, precision_list)
     report["arms"] = results
-    main = results["sample"]
-    if "fatune" in main and "trl-default" in main:
-        report.update(compare(main["fatune"], main["trl-default"], "trl-default"))
-    report["workloads"] = {f"{name}/{base}": compare(arm_results["fatune"], arm_results[base], base)
-                           for name, arm_results in results.items() if "fatune" in arm_results
-                           for base in ("trl-default", "trl-best") if base in arm_results
-                           and (name, base) != ("sample", "trl-default")}
+    top, report["workloads"] = comparisons(results, precision_list)
+    if top is not None:
+        report.update(top)
+    measured = [arm["matmul_peaks"] for arms in results.values() for arm in arms.values()]
+    report["matmul_peak_flops"] = {p: statistics.median(peaks[p] for peaks in measured if p in peaks)
+                                   for p in ("fp32", "bf16") if any(p in peaks for peaks in measured)}
     if not farstail:
         report["workloads"]["farstail"] = "skipped: no --farstail path given"
     return report
@@ -162,9 +214,10 @@ def table(report: dict) -> str:
         for arm, r in arms.items():
             lines.append(f"{name:9} {arm:28} {r['conv_per_s']:8.3f} {r['supervised_tokens_per_s']:10.1f} "
                          f"{r['peak_bytes'] / 2**30:9.2f} {r['heldout_loss']:9.5f} {r['mfu']:6.1%}")
-    comparisons = ([("sample/trl-default", report)] if "speedup" in report else []) + [
+    top = "sample/" + report.get("baseline", "").replace(" ", "/")
+    shown = ([(top, report)] if "speedup" in report else []) + [
         (k, v) for k, v in report["workloads"].items() if isinstance(v, dict)]
-    for key, c in comparisons:
+    for key, c in shown:
         lines.append(f"{key}: speedup {c['speedup']:.2f}x, memory {c['memory_ratio']:.2f}x, "
                      f"loss diff {c['loss_rel_diff']:.2e}, fatune MFU {c['mfu']:.1%}")
     return "\n".join(lines)
@@ -202,7 +255,9 @@ def bench_train_cli(args) -> dict:
                          batch_size=args.batch_size, heldout=args.heldout, repeats=args.repeats,
                          farstail=args.farstail, precision=args.precision, arms=arms,
                          variants=_variants(args.variant, args.levers), threads=args.threads)
-    report = {**report, "environment": environment(), "command": args.command_line}
+    # the matmul peaks MFU is taken against, per precision (each arm's own is in its row)
+    peaks = report.pop("matmul_peak_flops")
+    report = {**report, "environment": {**environment(), "matmul_peak_flops": peaks}, "command": args.command_line}
     print(table(report))
     written = write_report(report, args.out)
     if written:

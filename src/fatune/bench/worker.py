@@ -8,6 +8,12 @@ to the longest in the batch) or ``trl-best`` (TRL padding-free: each batch flatt
 position ids, the same batches). TRL gets the rows fatune rendered, as ``input_ids`` + ``completion_mask``,
 so every arm optimizes the same objective on the same batches in the same order (the HF Trainer's
 seeded sampler, same seed and length), from the same LoRA initialization (seeded just before PEFT).
+
+In bf16 (``precision: bf16`` in the spec) every arm runs the HF Trainer's bf16 autocast (``bf16=True``:
+fatune's ``train.precision=bf16``, TRL's ``SFTConfig(bf16=True)``) on the same weights: the base in the
+dtype fatune's precision rules pick for it, the trained LoRA weights in fp32. The JSON records both
+dtypes per arm, so a mismatch shows. MFU is taken against the matmul peak of the precision trained in,
+measured here before training (the fp32 peak always, the bf16 one too for a bf16 arm).
 """
 
 from __future__ import annotations
@@ -57,9 +63,21 @@ def peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def heldout_loss(model, rows: list[dict]) -> float:
+def autocast(model, precision: str):
+    """bf16 autocast on the model's device for a bf16 arm (what the Trainer trained under), else nothing."""
+    import contextlib
+
+    import torch
+
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
+
+
+def heldout_loss(model, rows: list[dict], precision: str = "fp32") -> float:
     """Mean next-token loss over the trained tokens of ``rows``, one conversation at a time, full logits,
-    as ``fatune eval``'s loss task computes it (``target_logprobs``): identical for every arm."""
+    as ``fatune eval``'s loss task computes it (``target_logprobs``): identical for every arm (in bf16,
+    under the same autocast every arm trained under)."""
     import torch
 
     from fatune.eval.choice import target_logprobs
@@ -67,7 +85,7 @@ def heldout_loss(model, rows: list[dict]) -> float:
     device = next(model.parameters()).device
     nll, count = 0.0, 0
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(model, precision):
         for row in rows:
             logits = model(input_ids=torch.tensor([row["input_ids"]], device=device), use_cache=False).logits
             picked, scored = target_logprobs(logits[0, :-1], torch.tensor(row["labels"][1:], device=device))
@@ -98,6 +116,31 @@ def fatune_config(spec: dict, out: Path, overrides: list[str]):
     return from_dict(raw, where="bench spec")
 
 
+def weight_dtypes(model) -> dict[str, str]:
+    """The dtypes of the frozen projection weights (the base, ``uint8`` when 4-bit) and of the trained
+    weights (the LoRA adapters), e.g. ``{"base": "bfloat16", "trained": "float32"}``."""
+    base, trained = set(), set()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            trained.add(str(param.dtype).removeprefix("torch."))
+        elif name.endswith("proj.base_layer.weight") or name.endswith("proj.weight"):
+            base.add(str(param.dtype).removeprefix("torch."))
+    return {"base": ",".join(sorted(base)), "trained": ",".join(sorted(trained))}
+
+
+def base_dtype(spec: dict):
+    """The dtype fatune loads this spec's base in (``precision.resolve``, as ``fatune.train`` calls it), so
+    the TRL arms load theirs the same way: fp32 in an fp32 run; in bf16, what fatune's bf16 mixed
+    precision stores the frozen base in (``torch.bfloat16``, which is also how TRL's docs load a model
+    for ``bf16=True``)."""
+    from fatune.models import load_config
+    from fatune.training import precision as precision_rules
+
+    config = fatune_config(spec, Path(tempfile.gettempdir()) / "unused", [])
+    return precision_rules.resolve(config.train, load_config(spec["model"]).model_type,
+                                   config.method.name).model_dtype
+
+
 def run_fatune(spec: dict, work: Path, overrides: list[str]) -> tuple[object, float, list[float]]:
     from fatune.training import train
     from fatune.training.callbacks import read_metrics
@@ -120,9 +163,12 @@ def run_trl(spec: dict, work: Path, padding_free: bool) -> tuple[object, float, 
 
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     # What a TRL user loads: transformers' default attention (eager for Gemma 2, which refuses sdpa), and for
-    # qlora the same 4-bit settings as the fatune arm.
+    # qlora the same 4-bit settings as the fatune arm. The base dtype is fatune's (see base_dtype): in bf16 the
+    # frozen base sits in bf16 while PEFT keeps the LoRA weights fp32 (get_peft_model's default
+    # autocast_adapter_dtype=True) and the Trainer autocasts, exactly what fatune's bf16 does.
     method = fatune_config(spec, work / "unused", []).method
-    model = load_model(spec["model"], quantization_config=quantization_config(method) if method.load_in_4bit else None)
+    model = load_model(spec["model"], dtype=base_dtype(spec),
+                       quantization_config=quantization_config(method) if method.load_in_4bit else None)
     rows = spec["train_rows"]
     dataset = Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows],
                                  "completion_mask": [[int(x != IGNORE) for x in r["labels"]] for r in rows]})
@@ -146,6 +192,13 @@ def run_trl(spec: dict, work: Path, padding_free: bool) -> tuple[object, float, 
     set_seed(spec["seed"])  # as fatune does just before applying the method: the same LoRA initialization
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[Losses()])
+    # On a 4-bit base TRL casts the LoRA weights to bf16 (the QLoRA paper's advice), whatever the precision;
+    # fatune trains them in fp32. Back to fp32 (same values: bf16 -> fp32 is exact) before the optimizer
+    # exists, so every arm updates fp32 weights. The initialization was already rounded to bf16 by then, so
+    # qlora's step losses agree less tightly than lora's.
+    for param in trainer.model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
     output = trainer.train()
     return trainer.model, output.metrics["train_runtime"], losses
 
@@ -159,7 +212,10 @@ def main(argv: list[str]) -> int:
     spec = json.loads(Path(spec_path).read_text())
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    peak = matmul_peak_flops()
+    precision = spec["precision"]
+    peaks = {"fp32": matmul_peak_flops()}
+    if precision == "bf16":
+        peaks["bf16"] = matmul_peak_flops(dtype=torch.bfloat16)
     with tempfile.TemporaryDirectory(prefix=f"fatune-bench-{arm}-") as tmp, PeakRss() as sampled:
         if arm == "fatune":
             model, seconds, losses = run_fatune(spec, Path(tmp), overrides)
@@ -168,10 +224,11 @@ def main(argv: list[str]) -> int:
         else:
             raise SystemExit(f"unknown arm {arm!r}")
         train_peak = sampled.peak
-        loss = heldout_loss(model, spec["val_rows"])
-    result = {"arm": arm, "overrides": overrides, "train_seconds": seconds, "step_losses": losses,
-              "heldout_loss": loss, "peak_bytes": peak_bytes(), "train_peak_rss_bytes": train_peak,
-              "matmul_peak_flops": peak, "threads": torch.get_num_threads()}
+        loss = heldout_loss(model, spec["val_rows"], precision)
+    result = {"arm": arm, "overrides": overrides, "precision": precision, "train_seconds": seconds,
+              "step_losses": losses, "heldout_loss": loss, "peak_bytes": peak_bytes(),
+              "train_peak_rss_bytes": train_peak, "matmul_peak_flops": peaks[precision], "matmul_peaks": peaks,
+              "weight_dtypes": weight_dtypes(model), "threads": torch.get_num_threads()}
     Path(out_path).write_text(json.dumps(result, indent=1))
     return 0
 
