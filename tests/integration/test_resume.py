@@ -61,7 +61,8 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, tiny_model_di
 
 def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes_from_it(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
-    config = write_config(tmp_path / "c.yaml", tiny_model_dir, out, "train.save_steps=1000")
+    # 400 steps (~10 s): with 40 the tiny run could finish (~1 s) before a busy machine delivered the signal.
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, out, "train.save_steps=1000", "train.max_steps=400")
     process = fatune_train(config)
     wait_for(out / "metrics.jsonl", process)
     process.send_signal(signal.SIGINT)
