@@ -36,9 +36,34 @@ class ModelConfig(Section):
     transformers' default."""
 
 
+DEFAULT_DATA_PATH = "fatune:sample"
+
+
+class SourceConfig(Section):
+    path: str
+    """A source string: a file, ``SRC+TGT`` pair, ``fatune:tasks/...`` or hub id, optionally with ``#START:END``."""
+    count: int | None = Field(None, gt=0)
+    """Take this many of the source's training conversations (a seeded sample); more than it has is an error."""
+    weight: float | None = Field(None, gt=0)
+    """Take this share of the source's training conversations; above 1 repeats whole copies plus a seeded
+    remainder (2.5: two copies and half of another), to upsample a small source."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "SourceConfig":
+        if self.count is not None and self.weight is not None:
+            raise ValueError(f"give count or weight, not both (source {self.path!r})")
+        return self
+
+
 class DataConfig(Section):
-    path: str = "fatune:sample"
-    """Training data: JSONL, parquet, a ``datasets`` dir, a FarsTail ``.tsv``, a hub id or ``fatune:sample``."""
+    path: str = DEFAULT_DATA_PATH
+    """Training data: JSONL, parquet, a ``datasets`` dir, a FarsTail or SIB-200 ``.tsv``, a SQuAD ``.json``,
+    an ``SRC+TGT`` translation pair, a hub id, ``fatune:sample`` or ``fatune:tasks/...``, optionally with a
+    ``#START:END`` selector (SQuAD: articles; otherwise records). The one-source shorthand of ``sources``."""
+    sources: list[SourceConfig] = Field(default_factory=list)
+    """A training mix: several sources, each loaded, deduplicated and split into train/val on its own
+    (SQuAD by article); ``count``/``weight`` resize each train part, then the mix is shuffled (``seed``).
+    Use either ``sources`` or ``path``."""
     split: str = "train"
     """Which split to read from a ``datasets`` directory or a hub dataset."""
     max_length: int = Field(1024, gt=0)
@@ -64,6 +89,13 @@ class DataConfig(Section):
     """Skip bad records (counted by reason) instead of stopping at the first one."""
     cache: bool = True
     """Reuse prepared data keyed by a hash of source, tokenizer, template, settings and fatune version."""
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> "DataConfig":
+        if self.sources and self.path != DEFAULT_DATA_PATH:
+            raise ValueError(f"data.path and data.sources are both given; put {self.path!r} into data.sources "
+                             "(- path: ...) and remove data.path")
+        return self
 
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -14,8 +14,9 @@ from fatune.data.render import (
            trained_spans,
            truncate,
 )
-from fatune.data.sources import Conversation, LoadStats, load_conversations, sample_path
+from fatune.data.sources import Conversation, LoadStats, load_conversations, parse_source, sample_path
 from fatune.data.templates import get_template
 
 __all__ = ["IGNORE", "Conversation", "LoadStats", "get_template", "load_conversations", "normalize_persian",
-           "pack", "render", "render_batch", "render_prompt", "sample_path", "trained_spans", "truncate"]
+           "pack", "parse_source", "render", "render_batch", "render_prompt", "sample_path", "trained_spans",
+           "truncate"]

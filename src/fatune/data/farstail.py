@@ -37,12 +37,10 @@ def nli_conversation(premise: str, hypothesis: str, label: str | None,
     return {"messages": messages}
 
 
-def read_farstail(path: Path, name: str, skip_invalid: bool, stats, system: str | None = None
-                  ) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, {"messages": ...})`` for each row of a FarsTail TSV file."""
-    from fatune.data.sources import (
-        _count,  # the loader's skip counter, shared by every format
-    )
+def read_farstail(path: Path, name: str, skip_invalid: bool, stats, system: str | None = None,
+                  rows: slice | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, {"messages": ...})`` for each row (of the 0-based ``rows``) of a FarsTail TSV."""
+    from fatune.data.sources import select_rows, skip_or_raise  # shared by every format
 
     system = SYSTEM_PROMPT if system is None else system
     with open(path, encoding="utf-8", newline="") as handle:
@@ -53,9 +51,14 @@ def read_farstail(path: Path, name: str, skip_invalid: bool, stats, system: str 
             raise DataError(name, 1, f"a FarsTail TSV needs the columns {', '.join(REQUIRED_COLUMNS)}; "
                             f"found {header}", "header", "unknown_format")
         index = {column: header.index(column) for column in REQUIRED_COLUMNS}
-        line_end = reader.line_num
-        for row in reader:
-            line, line_end = line_end + 1, reader.line_num  # report the line where the record starts
+
+        def records():
+            line_end = reader.line_num
+            for row in reader:
+                line, line_end = line_end + 1, reader.line_num  # report the line where the record starts
+                yield line, row
+
+        for _, (line, row) in select_rows(records(), rows, name, "rows"):
             try:
                 if len(row) < len(header):
                     raise DataError(name, line, f"expected {len(header)} tab-separated columns, found {len(row)}",
@@ -65,8 +68,6 @@ def read_farstail(path: Path, name: str, skip_invalid: bool, stats, system: str 
                     raise DataError(name, line, f"unknown label {label!r}; expected e, n or c", "label",
                                     "bad_label")
             except DataError as error:
-                if not skip_invalid:
-                    raise
-                _count(stats, error)
+                skip_or_raise(error, skip_invalid, stats)
                 continue
             yield line, nli_conversation(row[index["premise"]], row[index["hypothesis"]], label, system)

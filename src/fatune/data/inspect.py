@@ -1,6 +1,7 @@
 """``fatune data inspect``: what is in a data source, and how a tokenizer and template see it.
 
 ``inspect_source`` computes the report (a plain dict, easy to test); ``format_report`` prints it.
+Any source string works, task data and ``#START:END`` selectors included (``fatune:tasks/pquad/heldout.json#0:2``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def inspect_source(source: str, tokenizer=None, template: str = "auto", n_sample
         "skipped": dict(stats.skipped), "first_error": dict(stats.first_error),
         "persian_share": {role: round(p / t, 4) for role, (p, t) in letters.items() if t},
     }
+    groups = {c.group for c in conversations if c.group is not None}
+    if groups:  # SQuAD articles: what a train/val split keeps together
+        report["groups"] = len(groups)
     if tokenizer is not None and conversations:
         chat_template = get_template(template, tokenizer)
         samples = render_batch(conversations, tokenizer, chat_template)
@@ -84,6 +88,8 @@ def _marked(sample: dict, tokenizer) -> str:
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"source: {report['source']}", f"conversations: {report['conversations']}",
              "turns: " + ", ".join(f"{role} {n}" for role, n in sorted(report["turns"].items()))]
+    if "groups" in report:
+        lines.append(f"articles (kept on one side of a train/val split): {report['groups']}")
     if report["skipped"]:
         lines.append("skipped: " + ", ".join(f"{reason} {n}" for reason, n in report["skipped"].items()))
         lines += [f"  first {reason}: {message}" for reason, message in report["first_error"].items()]

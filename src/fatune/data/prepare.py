@@ -1,8 +1,14 @@
-"""Prepare training data: load, dedupe, subset, split, render, truncate, pack; cached on disk.
+"""Prepare training data: load, dedupe, subset, split, mix, render, truncate, pack; cached on disk.
 
 ``prepare(config)`` runs the whole pipeline for a config's ``model`` and ``data`` sections and returns
 the train and validation splits as ``datasets.Dataset``s of rows (``input_ids``, ``labels``,
 ``position_ids``, ``seq_lengths``), plus a report of what was kept and dropped.
+
+Each source (``data.path``, or every entry of ``data.sources``) is loaded, deduplicated, subset by
+``fraction`` and split into train/val on its own; grouped conversations (a SQuAD article's questions)
+stay on one side, so validation never sees a passage that training saw. ``count``/``weight`` then
+resize each source's train part, never its val part. A mix (``data.sources``) is shuffled with the
+seed; the ``data.path`` shorthand keeps the file's order, as before mixes existed.
 
 The result is cached under ``$FATUNE_CACHE/prepared/KEY`` where KEY hashes the source's content, the
 tokenizer, the template, the data settings and the fatune version: a second run with the same inputs
@@ -30,7 +36,10 @@ from fatune.data.sources import (
     is_hub_id,
     load_conversations,
     local_path,
+    parse_source,
+    split_pair,
 )
+from fatune.errors import FatuneError
 from fatune.data.templates import get_template
 from fatune.fsutil import publish_dir
 
@@ -59,15 +68,50 @@ def take_fraction(items: Sequence[Any], fraction: float, seed: int) -> list[Any]
 
 
 def split(items: Sequence[Any], val_ratio: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """Deterministic train/val split: a seeded permutation, the first ``round(val_ratio * n)`` go to val."""
-    n_val = round(val_ratio * len(items))
-    if val_ratio > 0 and len(items) > 1:
-        n_val = max(1, min(n_val, len(items) - 1))
-    order = np.random.default_rng(seed).permutation(len(items))
-    val_ids = set(order[:n_val].tolist())
+    """Deterministic train/val split: a seeded permutation, the first ``round(val_ratio * n)`` go to val.
+
+    When items have a ``group`` (SQuAD: ``FILE#article``), whole groups are split instead, in order of
+    first appearance, so a group's items all land on one side; an ungrouped item is a group of its own.
+    Ungrouped data therefore splits exactly as it always did.
+    """
+    units: dict[Any, list[int]] = {}
+    for i, item in enumerate(items):
+        group = getattr(item, "group", None)
+        units.setdefault(("group", group) if group is not None else ("item", i), []).append(i)
+    members = list(units.values())
+    n_val = round(val_ratio * len(members))
+    if val_ratio > 0 and len(members) > 1:
+        n_val = max(1, min(n_val, len(members) - 1))
+    order = np.random.default_rng(seed).permutation(len(members))
+    val_ids = {i for unit in order[:n_val].tolist() for i in members[unit]}
     train = [item for i, item in enumerate(items) if i not in val_ids]
     val = [item for i, item in enumerate(items) if i in val_ids]
     return train, val
+
+
+def resize(items: Sequence[Any], count: int | None = None, weight: float | None = None,
+           seed: int | Sequence[int] = 42, name: str = "source") -> list[Any]:
+    """A source's training part resized for a mix: ``count`` items or ``weight`` times as many.
+
+    Samples are seeded and keep the original order; ``weight`` above 1 repeats whole copies and adds a
+    seeded sample for the fraction (2.5: two copies, then half of the items once more).
+    """
+    if count is not None:
+        if count > len(items):
+            raise FatuneError(f"data.sources ({name}): count is {count} but the source has only {len(items)} "
+                              "training conversations (after dedupe and the validation split); lower count "
+                              "or use weight to upsample")
+        return _sample(items, count, seed)
+    if weight is None:
+        return list(items)
+    whole = int(weight)
+    return list(items) * whole + _sample(items, round((weight - whole) * len(items)), seed)
+
+
+def _sample(items: Sequence[Any], count: int, seed: int | Sequence[int]) -> list[Any]:
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    chosen = np.random.default_rng([*seeds, 2]).permutation(len(items))[:count]
+    return [items[i] for i in sorted(chosen)]
 
 
 def _hash_file(digest, path: Path) -> None:
@@ -77,20 +121,30 @@ def _hash_file(digest, path: Path) -> None:
 
 
 def source_fingerprint(source: str, split_name: str = "train") -> str:
-    """A hash of the source's content (files, directories) or of the hub dataset's own fingerprint."""
+    """A hash of the source's content (files, pairs, directories) or of the hub dataset's own fingerprint,
+    plus its ``#START:END`` selector."""
     digest = hashlib.sha256()
-    path = local_path(source)
-    if path.is_file():
+    spec, rows = parse_source(source)
+    pair = split_pair(spec)
+    path = local_path(spec)
+    if pair is not None:
+        for side in pair:
+            if local_path(side).is_file():
+                _hash_file(digest, local_path(side))
+            digest.update(b"+")
+    elif path.is_file():
         _hash_file(digest, path)
     elif path.is_dir():
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             digest.update(str(file.relative_to(path)).encode())
             _hash_file(digest, file)
         digest.update(split_name.encode())
-    elif is_hub_id(source):
-        digest.update(f"hub:{source}:{split_name}:{hub_dataset(source, split_name)._fingerprint}".encode())
+    elif is_hub_id(spec):
+        digest.update(f"hub:{spec}:{split_name}:{hub_dataset(spec, split_name)._fingerprint}".encode())
     else:
-        digest.update(str(source).encode())  # load_conversations reports the missing file
+        digest.update(spec.encode())  # load_conversations reports the missing file
+    if rows is not None:
+        digest.update(f"#{rows.start}:{rows.stop}".encode())
     return digest.hexdigest()
 
 
@@ -151,7 +205,8 @@ def _save(splits, path: Path) -> None:
 def cache_key(config, tokenizer) -> str:
     template = get_template(config.model.template, tokenizer)
     settings = config.data.model_dump(exclude={"cache"})
-    parts = {"version": __version__, "source": source_fingerprint(config.data.path, config.data.split),
+    sources = [s.path for s in config.data.sources] or [config.data.path]
+    parts = {"version": __version__, "source": [source_fingerprint(path, config.data.split) for path in sources],
              "tokenizer": tokenizer_fingerprint(tokenizer), "template": [template.name, template.jinja],
              "data": settings}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -173,21 +228,14 @@ def prepare(config, tokenizer=None) -> Prepared:
 
     started = time.perf_counter()
     data = config.data
-    stats = LoadStats()
-    conversations = list(load_conversations(data.path, purpose="train", skip_invalid=data.skip_invalid,
-                                            normalize=data.normalize, split=data.split, stats=stats,
-                                            digits=data.digits))
-    loaded_count = len(conversations)
-    duplicates = 0
-    if data.dedupe:
-        conversations, duplicates = dedupe(conversations)
-    conversations = take_fraction(conversations, data.fraction, data.seed)
-    train, val = split(conversations, data.val_ratio, data.seed)
+    train, val, stats, per_source = _load_mix(data)
     template = get_template(config.model.template, tokenizer)
     train_rows, train_stats = _build_rows(train, tokenizer, template, data)
     val_rows, val_stats = _build_rows(val, tokenizer, template, data)
-    report = {"source": data.path, "key": key, "template": template.name, "loaded": loaded_count,
-              "skipped": dict(stats.skipped), "duplicates": duplicates, "after_fraction": len(conversations),
+    report = {"source": data.path if not data.sources else [s.path for s in data.sources], "key": key,
+              "template": template.name, "loaded": sum(s["loaded"] for s in per_source),
+              "skipped": dict(stats.skipped), "duplicates": sum(s["duplicates"] for s in per_source),
+              "after_fraction": sum(s["after_fraction"] for s in per_source), "sources": per_source,
               "train": train_stats, "val": val_stats, "seconds": round(time.perf_counter() - started, 2)}
     splits = datasets.DatasetDict({"train": _rows_to_dataset(train_rows), "val": _rows_to_dataset(val_rows)})
 
@@ -200,6 +248,38 @@ def prepare(config, tokenizer=None) -> Prepared:
         loaded = datasets.load_from_disk(str(target))
         return Prepared(loaded["train"], loaded["val"], report, target)
     return Prepared(splits["train"], splits["val"], report, target)
+
+
+def _load_mix(data) -> tuple[list, list, LoadStats, list[dict]]:
+    """Every source loaded, deduplicated, subset, split and resized; the train parts concatenated (and
+    shuffled for a ``data.sources`` mix), the val parts concatenated."""
+    stats = LoadStats()
+    train, val, per_source = [], [], []
+    for index, source in enumerate(data.sources or [None]):
+        path = source.path if source is not None else data.path
+        source_stats = LoadStats()  # per source, so each source's skip warning counts its own records
+        conversations = list(load_conversations(path, purpose="train", skip_invalid=data.skip_invalid,
+                                                normalize=data.normalize, split=data.split, stats=source_stats,
+                                                digits=data.digits))
+        stats.kept += source_stats.kept
+        stats.skipped.update(source_stats.skipped)
+        loaded = len(conversations)
+        duplicates = 0
+        if data.dedupe:
+            conversations, duplicates = dedupe(conversations)
+        conversations = take_fraction(conversations, data.fraction, data.seed)
+        source_train, source_val = split(conversations, data.val_ratio, data.seed)
+        if source is not None:
+            source_train = resize(source_train, source.count, source.weight, [data.seed, index], path)
+        per_source.append({"path": path, "loaded": loaded, "skipped": dict(source_stats.skipped),
+                           "duplicates": duplicates,
+                           "after_fraction": len(conversations), "train": len(source_train),
+                           "val": len(source_val)})
+        train += source_train
+        val += source_val
+    if data.sources:
+        train = [train[i] for i in np.random.default_rng([data.seed, 3]).permutation(len(train))]
+    return train, val, stats, per_source
 
 
 def write_prepared(prepared: Prepared, out_dir: str | Path) -> Path:

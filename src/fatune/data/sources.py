@@ -1,10 +1,23 @@
-"""Load conversations from files, datasets directories, parquet, FarsTail TSV or the Hugging Face Hub.
+"""Load conversations from files, datasets directories, parquet, task data or the Hugging Face Hub.
 
 ``load_conversations(source)`` is the single entry point. It reads records lazily, validates each one
 (``validate.parse_record``), normalizes Persian text when asked, and yields ``Conversation`` objects
 that remember where they came from, so later steps can still point at ``FILE:LINE``.
 For JSONL the line is the file's line number; for parquet, datasets and hub sources it is the row
-number (1-based).
+number (1-based); for a SQuAD file it is the question's JSON path (``data[3].paragraphs[0].qas[5]``).
+
+Source strings
+--------------
+* a path: JSONL (any other suffix), ``.parquet``, a ``datasets`` directory, a ``.tsv`` (FarsTail's
+  ``premise/hypothesis/label`` or SIB-200's ``index_id/category/text``, told apart by the header) or a
+  ``.json`` SQuAD 2.0 file (told apart from JSONL by its first key, ``version`` or ``data``);
+* ``SRC+TGT``: two line-aligned text files, English and its Persian translation (a string that is
+  itself an existing path is a file, not a pair);
+* ``fatune:sample`` (the bundled chat sample), ``fatune:tasks/REL`` (the bundled task subsets) or a
+  Hub dataset id ``owner/name``;
+* any of them followed by a selector ``#START:END`` (a 0-based Python slice, either bound optional):
+  articles of a SQuAD file (so training and evaluation can use disjoint articles), otherwise records
+  (JSONL lines that are not blank, TSV rows after the header, line pairs, dataset rows).
 """
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, TypeVar
 
 from fatune.data.normalize import normalize_persian
 from fatune.data.validate import Purpose, parse_record
@@ -25,7 +38,11 @@ from fatune.hub import first_line, offline_unless_reachable
 
 log = logging.getLogger(__name__)
 SAMPLE_ALIAS = "fatune:sample"
+TASKS_PREFIX = "fatune:tasks/"
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_SELECTOR = re.compile(r"#(\d*):(\d*)$")
+_SQUAD_START = re.compile(r'\s*\{\s*"(version|data)"\s*:')
+T = TypeVar("T")
 
 
 @dataclass
@@ -34,7 +51,8 @@ class Conversation:
 
     messages: list[dict[str, str]]
     source: str = ""
-    line: int | None = None
+    line: int | str | None = None
+    group: str | None = None  # conversations that must stay on one side of a split (SQuAD: FILE#article)
 
     def to_dict(self) -> dict[str, Any]:
         return {"messages": self.messages}
@@ -60,9 +78,76 @@ def sample_path() -> Path:
     return Path(str(resources.files("fatune.data") / "sample" / "persian_chat.jsonl"))
 
 
+def tasks_dir() -> Path:
+    """The bundled task-data subsets (PQuAD, SIB-200, FarsTail, NTREX; see ``tasks/README.md``)."""
+    return Path(str(resources.files("fatune.data") / "tasks"))
+
+
 def local_path(source: str | Path) -> Path:
-    """The local path a source names (the bundled sample for ``fatune:sample``)."""
-    return sample_path() if str(source) == SAMPLE_ALIAS else Path(source).expanduser()
+    """The local path a source names (``fatune:sample`` and ``fatune:tasks/REL`` are bundled files)."""
+    text = str(source)
+    if text == SAMPLE_ALIAS:
+        return sample_path()
+    if text.startswith(TASKS_PREFIX):
+        return tasks_dir() / text[len(TASKS_PREFIX):]
+    return Path(source).expanduser()
+
+
+def display_name(source: str) -> str:
+    """How errors name a source: the resolved path for the bundled aliases, the string otherwise."""
+    return str(local_path(source)) if source == SAMPLE_ALIAS or source.startswith(TASKS_PREFIX) else source
+
+
+def parse_source(spec: str | Path) -> tuple[str, slice | None]:
+    """Split ``PATH#START:END`` into the path string and a 0-based slice (None without a selector).
+
+    Only a trailing ``#digits:digits`` is a selector, and not when the whole string is an existing path.
+    """
+    text = str(spec)
+    match = _SELECTOR.search(text)
+    if match is None or local_path(text).exists():
+        return text, None
+    path = text[:match.start()]
+    start, stop = (int(g) if g else None for g in match.groups())
+    if not path:
+        raise FatuneError(f"{text}: a selector #START:END must follow a source, as in data.jsonl#0:100")
+    if start is not None and stop is not None and stop <= start:
+        raise FatuneError(f"{text}: the selector #{match.group(1)}:{match.group(2)} selects nothing; "
+                          "write #START:END with START < END (0-based, END excluded)")
+    return path, slice(start, stop)
+
+
+def split_pair(text: str) -> tuple[str, str] | None:
+    """``(SRC, TGT)`` when ``text`` names two aligned text files as ``SRC+TGT``; None otherwise."""
+    if "+" not in text or local_path(text).exists():
+        return None
+    candidates = [(text[:i], text[i + 1:]) for i, char in enumerate(text) if char == "+"]
+    for src, tgt in candidates:
+        if local_path(src).is_file() and local_path(tgt).is_file():
+            return src, tgt
+    # One '+': surely meant as a pair, and the reader names the missing side.
+    return candidates[0] if len(candidates) == 1 and all(candidates[0]) else None
+
+
+def select_rows(items: Iterable[T], rows: slice | None, name: str, unit: str = "records"
+                ) -> Iterator[tuple[int, T]]:
+    """Yield ``(index, item)`` for the 0-based ``rows`` of ``items``; stop reading after the last one.
+
+    A selection that starts past the end is an error naming the source, so a typo never trains on nothing.
+    """
+    start = 0 if rows is None or rows.start is None else rows.start
+    stop = None if rows is None else rows.stop
+    count = 0
+    for index, item in enumerate(items):
+        if stop is not None and index >= stop:
+            return
+        count = index + 1
+        if index >= start:
+            yield index, item
+    if start > 0 and count <= start:
+        selector = f"#{start}:{'' if stop is None else stop}"
+        raise FatuneError(f"{name}: the selector {selector} starts at {unit[:-1]} {start} (0-based) but the "
+                          f"source has only {count} {unit}")
 
 
 def load_conversations(source: str | Path, *, purpose: Purpose = "train", skip_invalid: bool = False,
@@ -70,9 +155,8 @@ def load_conversations(source: str | Path, *, purpose: Purpose = "train", skip_i
                        farstail_system: str | None = None, digits: str | None = None) -> Iterator[Conversation]:
     """Yield validated conversations from ``source``.
 
-    ``source``: a JSONL file (SlimOrca ``messages``, bare message lists or ShareGPT lines), a parquet
-    file, a ``datasets`` directory (``save_to_disk``), a FarsTail ``.tsv``, ``fatune:sample`` (the
-    bundled sample) or a Hugging Face Hub dataset id.
+    ``source``: any source string of the module docstring (JSONL records may be SlimOrca ``messages``,
+    bare message lists or ShareGPT lines), with an optional ``#START:END`` selector.
     ``purpose``: ``"train"`` needs an assistant turn; ``"prompt"`` needs the last turn to be the user's.
     ``skip_invalid``: keep going past bad records; they are counted in ``stats`` and logged at the end.
     ``normalize``: apply ``normalize_persian`` to every content; defaults to on for training data.
@@ -81,20 +165,20 @@ def load_conversations(source: str | Path, *, purpose: Purpose = "train", skip_i
     """
     stats = stats if stats is not None else LoadStats()
     normalize = (purpose == "train") if normalize is None else normalize
-    name, records = _open(source, split, farstail_system)
+    path, rows = parse_source(source)
+    name, records = _open(path, rows, split, farstail_system)
     try:
-        for line, record in records(skip_invalid, stats):
+        # Readers yield (line, record) or, for grouped data, (line, record, group).
+        for line, record, *group in records(skip_invalid, stats):
             try:
                 messages = parse_record(record, name, line, purpose)
             except DataError as error:
-                if not skip_invalid:
-                    raise
-                _count(stats, error)
+                skip_or_raise(error, skip_invalid, stats)
                 continue
             if normalize:
                 messages = [{"role": m["role"], "content": normalize_persian(m["content"], digits)} for m in messages]
             stats.kept += 1
-            yield Conversation(messages, name, line)
+            yield Conversation(messages, name, line, group[0] if group else None)
     finally:
         if stats.skipped:
             log.warning("%s: %s", name, stats.summary())
@@ -105,73 +189,106 @@ def _count(stats: LoadStats, error: DataError) -> None:
     stats.first_error.setdefault(error.reason, error.format())
 
 
-def _open(source: str | Path, split: str, farstail_system: str | None):
+def skip_or_raise(error: DataError, skip_invalid: bool, stats: LoadStats | None) -> None:
+    """Raise ``error``, or count it in ``stats`` when bad records are being skipped."""
+    if not skip_invalid:
+        raise error from None  # the DataError says it all; no "during handling" chain
+    if stats is not None:
+        _count(stats, error)
+
+
+def _sniff(path: Path, size: int = 4096) -> str:
+    with open(path, "rb") as handle:
+        return handle.read(size).decode("utf-8-sig", errors="replace")
+
+
+def _open(source: str, rows: slice | None, split: str, farstail_system: str | None):
     """Pick a reader for ``source``; return its display name and a ``(skip_invalid, stats) -> rows`` function."""
+    pair = split_pair(source)
+    if pair is not None:
+        from fatune.data.translation import pair_records
+
+        src, tgt = pair
+        return (f"{display_name(src)}+{display_name(tgt)}",
+                lambda skip, stats: pair_records(src, tgt, rows, skip, stats))
     path = local_path(source)
-    name = str(path) if str(source) == SAMPLE_ALIAS else str(source)
+    name = display_name(source)
     if path.is_dir():
-        return name, lambda skip, stats: _read_datasets_dir(path, split)
+        return name, lambda skip, stats: _rows(select_rows(_load_datasets_dir(path, split), rows, name, "rows"))
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".parquet":
-            return name, lambda skip, stats: _read_parquet(path)
+            return name, lambda skip, stats: _rows(select_rows(_read_parquet(path), rows, name, "rows"))
         if suffix == ".tsv":
+            header = _sniff(path).split("\n", 1)[0].rstrip("\r").split("\t")
+            if "category" in header and "text" in header:
+                from fatune.data.sib200 import sib200_records
+                return name, lambda skip, stats: sib200_records(path, name, rows, skip, stats)
             from fatune.data.farstail import read_farstail
-            return name, lambda skip, stats: read_farstail(path, name, skip, stats, farstail_system)
-        return name, lambda skip, stats: _read_jsonl(path, name, skip, stats)
-    if is_hub_id(name):
-        return name, lambda skip, stats: _read_hub(name, split)
+            return name, lambda skip, stats: read_farstail(path, name, skip, stats, farstail_system, rows)
+        if suffix == ".json" and _SQUAD_START.match(_sniff(path)):
+            from fatune.data.squad import squad_records
+            return name, lambda skip, stats: squad_records(path, name, rows, skip, stats)
+        return name, lambda skip, stats: _read_jsonl(path, name, skip, stats, rows)
+    if source.startswith(TASKS_PREFIX):
+        bundled = sorted(str(p.relative_to(tasks_dir())) for p in tasks_dir().rglob("*") if p.is_file()
+                         and not p.name.lower().startswith(("license", "readme", "labels")))
+        raise FatuneError(f"{source}: no such bundled task file; bundled: {', '.join(bundled) or 'none'}")
+    if is_hub_id(source):
+        return name, lambda skip, stats: _rows(select_rows(hub_dataset(source, split), rows, name, "rows"))
     raise FatuneError(f"{name}: no such file or directory (and not a hub dataset id like 'owner/name')")
 
 
-def _read_jsonl(path: Path, name: str, skip_invalid: bool, stats: LoadStats) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, parsed_json)``; undecodable or unparsable lines become ``DataError``s."""
+def _read_jsonl(path: Path, name: str, skip_invalid: bool, stats: LoadStats, rows: slice | None = None
+                ) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, parsed_json)``; undecodable or unparsable lines become ``DataError``s.
+
+    ``rows`` selects records, counting every line that is not blank (bad ones too, so that skipping
+    invalid records never shifts a selection).
+    """
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
+        lines = ((number, raw) for number, raw in enumerate(handle, 1) if raw.strip())
+        for _, (number, raw) in select_rows(lines, rows, name, "records"):
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as error:
                 bad = raw[error.start]
-                problem = DataError(name, number, f"invalid UTF-8: byte 0x{bad:02x} at byte {error.start + 1} "
-                                    "of the line; save the file as UTF-8", None, "invalid_utf8")
-                if not skip_invalid:
-                    raise problem from None
-                _count(stats, problem)
+                skip_or_raise(DataError(name, number, f"invalid UTF-8: byte 0x{bad:02x} at byte {error.start + 1} "
+                                        "of the line; save the file as UTF-8", None, "invalid_utf8"),
+                              skip_invalid, stats)
                 continue
             if not text.strip():
                 continue
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as error:
-                problem = DataError(name, number, f"not valid JSON: {error.msg} at column {error.colno}",
-                                    None, "invalid_json")
-                if not skip_invalid:
-                    raise problem from None
-                _count(stats, problem)
+                skip_or_raise(DataError(name, number, f"not valid JSON: {error.msg} at column {error.colno}",
+                                        None, "invalid_json"), skip_invalid, stats)
                 continue
             yield number, record
 
 
-def _rows(rows: Iterable[dict]) -> Iterator[tuple[int, Any]]:
-    for number, row in enumerate(rows, 1):
-        yield number, row
+def _rows(rows: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+    """``(index, row)`` from ``select_rows`` as ``(row_number, row)``, numbered from 1 in the whole source."""
+    for index, row in rows:
+        yield index + 1, row
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+def _read_parquet(path: Path) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    yield from _rows(row for batch in table.to_batches(max_chunksize=1024) for row in batch.to_pylist())
+    yield from (row for batch in table.to_batches(max_chunksize=1024) for row in batch.to_pylist())
 
 
-def _read_datasets_dir(path: Path, split: str) -> Iterator[tuple[int, Any]]:
+def _load_datasets_dir(path: Path, split: str):
     import datasets
 
     try:
         loaded = datasets.load_from_disk(str(path))
     except FileNotFoundError as error:
         raise FatuneError(f"{path}: not a datasets directory saved with save_to_disk ({error})") from None
-    yield from _rows(_pick_split(loaded, split, str(path)))
+    return _pick_split(loaded, split, str(path))
 
 
 def is_hub_id(source: str | Path) -> bool:
@@ -195,10 +312,6 @@ def hub_dataset(dataset_id: str, split: str):
             f"{dataset_id}: could not load this Hugging Face Hub dataset ({reason}). Without internet access, "
             "download it on a connected machine with datasets.load_dataset(...).save_to_disk(DIR) or as "
             "JSONL, and pass that local path instead.") from None
-
-
-def _read_hub(dataset_id: str, split: str) -> Iterator[tuple[int, Any]]:
-    yield from _rows(hub_dataset(dataset_id, split))
 
 
 def _pick_split(loaded, split: str, name: str):

@@ -1,0 +1,84 @@
+"""SIB-200 topic classification TSV (``index_id``, ``category``, ``text``) as chat conversations.
+
+SIB-200 labels FLORES-200 sentences with one of seven topics. ``read_sib200`` yields the rows of a
+file; an unknown category is a ``DataError`` at its line (field ``category``).
+
+Conversation layout
+-------------------
+No system message. The user turn is ``TOPIC_QUESTION`` (which lists the seven Persian labels in
+``labels.txt`` order), a blank line and the sentence; the assistant answers with the Persian label
+alone, e.g. ``ورزش``, so evaluation can score a generation by exact match against ``LABELS_FA``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterator
+
+from fatune.data.sources import LoadStats, local_path, select_rows, skip_or_raise
+from fatune.errors import DataError
+
+LABELS_FA = {"science/technology": "علم و فناوری", "travel": "سفر", "politics": "سیاست", "sports": "ورزش",
+             "health": "سلامت", "entertainment": "سرگرمی", "geography": "جغرافیا"}
+"""SIB-200's English categories and their Persian labels, in the order of SIB-200's ``labels.txt``."""
+
+TOPIC_QUESTION = ("موضوع این جمله کدام است؟ "
+                  + "، ".join(list(LABELS_FA.values())[:-1]) + " یا " + list(LABELS_FA.values())[-1])
+"""The question of the user turn, naming every label so the model answers with one of them verbatim:
+``موضوع این جمله کدام است؟ علم و فناوری، سفر، سیاست، ورزش، سلامت، سرگرمی یا جغرافیا``."""
+
+REQUIRED_COLUMNS = ("category", "text")
+
+
+def topic_prompt(text: str) -> list[dict[str, str]]:
+    """The messages that ask for ``text``'s topic (one user turn)."""
+    return [{"role": "user", "content": f"{TOPIC_QUESTION}\n\n{text.strip()}"}]
+
+
+def topic_conversation(text: str, category: str) -> dict:
+    """One SIB-200 row as ``{"messages": [...]}``, answered with the Persian label of ``category``."""
+    return {"messages": [*topic_prompt(text), {"role": "assistant", "content": LABELS_FA[category]}]}
+
+
+def read_sib200(path: str | Path, name: str | None = None, rows: slice | None = None, skip_invalid: bool = False,
+                stats: LoadStats | None = None) -> Iterator[tuple[int, str, str]]:
+    """Yield ``(line_number, text, category)`` for the (``rows``-selected, 0-based) rows of a SIB-200 TSV."""
+    path = local_path(path)
+    name = name or str(path)
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        header = [column.strip() for column in next(reader, None) or []]
+        if any(column not in header for column in REQUIRED_COLUMNS):
+            raise DataError(name, 1, f"a SIB-200 TSV needs the columns index_id, category, text; found {header}",
+                            "header", "unknown_format")
+        category_at, text_at = header.index("category"), header.index("text")
+
+        def records():
+            line_end = reader.line_num
+            for row in reader:
+                line, line_end = line_end + 1, reader.line_num  # a quoted record may span lines
+                yield line, row
+
+        for _, (line, row) in select_rows(records(), rows, name, "rows"):
+            try:
+                if len(row) < len(header):
+                    raise DataError(name, line, f"expected {len(header)} tab-separated columns, found {len(row)}",
+                                    None, "bad_row")
+                category, text = row[category_at].strip(), row[text_at]
+                if category not in LABELS_FA:
+                    raise DataError(name, line, f"unknown SIB-200 label {category!r}; expected one of "
+                                    f"{', '.join(LABELS_FA)}", "category", "bad_label")
+                if not text.strip():
+                    raise DataError(name, line, "the text is empty", "text", "empty_content")
+            except DataError as error:
+                skip_or_raise(error, skip_invalid, stats)
+                continue
+            yield line, text, category
+
+
+def sib200_records(path: Path, name: str, rows: slice | None, skip_invalid: bool, stats: LoadStats
+                   ) -> Iterator[tuple[int, dict]]:
+    """``load_conversations``' reader: ``(line, conversation)``."""
+    for line, text, category in read_sib200(path, name, rows, skip_invalid, stats):
+        yield line, topic_conversation(text, category)
