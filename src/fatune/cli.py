@@ -104,7 +104,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     parse_tasks(args.tasks)  # a bad task list fails before the model loads
     results = evaluate(args.run_or_model, args.tasks, args.limit, args.max_new_tokens, args.batch_size, args.out)
-    shown = {task: {k: v for k, v in values.items() if k not in ("samples", "confusion", "versions")}
+    shown = {task: {k: v for k, v in values.items() if k not in ("samples", "confusion", "versions", "per_item",
+                                                                         "item_ids", "signatures")}
              for task, values in results.items()}
     print(json.dumps(shown, indent=2, ensure_ascii=False))
     return 0
@@ -113,7 +114,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fatune.eval.report import compare
 
-    report = compare(args.targets, args.out, args.limit, args.max_new_tokens)
+    report = compare(args.targets, args.out, args.limit, args.max_new_tokens, reference=args.reference)
     print(f"fatune: wrote {report} and {report.with_suffix('.md')}")
     return 0
 
@@ -294,18 +295,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = verbs.add_parser("eval", help="quantitative Persian metrics: loss, fidelity, farstail, mc")
     evaluation.add_argument("run_or_model", help="a fatune run dir, a base model or a PEFT adapter")
     evaluation.add_argument("--tasks", default="loss,fidelity",
-                            help="comma-separated: loss[:PATH], fidelity[:PATH], farstail[:PATH], mc:PATH")
+                            help="comma-separated: loss[:PATH], fidelity[:PATH], farstail[:PATH], mc:PATH, sib200:PATH, "
+                            "qa:PATH (SQuAD 2.0 JSON), translate:SRC+TGT; paths take #START:END and fatune:tasks/...")
     evaluation.add_argument("--limit", type=int, help="at most N items per task")
-    evaluation.add_argument("--max-new-tokens", type=int, default=128)
+    evaluation.add_argument("--max-new-tokens", type=int, default=None,
+                            help="new tokens per answer (default: each task's own: fidelity 128, qa 32, translate 128)")
     evaluation.add_argument("--batch-size", type=int, default=6)
     evaluation.add_argument("--out", help="also write the metrics JSON here")
     evaluation.set_defaults(func=cmd_eval)
 
-    comparison = verbs.add_parser("compare", help="comparison report (table, charts, side-by-side answers)")
+    comparison = verbs.add_parser("compare", help="comparison report (gains with CIs, tables, charts, side-by-side "
+                                  "answers); targets missing a task another has are evaluated on it alike")
     comparison.add_argument("targets", nargs="+", help="fatune run dirs and/or base models")
     comparison.add_argument("--out", required=True, help="report directory")
-    comparison.add_argument("--limit", type=int, default=8, help="fidelity prompts when metrics must be computed")
+    comparison.add_argument("--limit", type=int, default=8, help="items per task for a target with no metrics yet "
+                            "(tasks another target has keep that target's limit)")
     comparison.add_argument("--max-new-tokens", type=int, default=96)
+    comparison.add_argument("--reference", help="the target gains are measured against, by name or path "
+                            "(default: the first base model, else the first target)")
     comparison.set_defaults(func=cmd_compare)
 
     demo = verbs.add_parser("demo", help="offline CPU demo: train four methods on Gemma 3 270M, evaluate, compare")

@@ -81,7 +81,16 @@ def test_compare_two_runs_and_a_base(tiny_runs, tiny_model_dir, tmp_path):
     md = (tmp_path / "report" / "report.md").read_text()
     html = report.read_text()
     assert md.count("\n| ") >= 4  # header + 3 rows
-    assert "| lora |" in md and "| ptuning |" in md and "base model: no run" in md  # n/a with its reason
+    assert md.startswith(f"# fatune comparison\n\n## Gains over {tiny_model_dir}\n")  # the base model is the reference
+    runs = md[md.index("## Runs"):].splitlines()
+    cells = lambda line: [cell.strip() for cell in line.strip("|").split("|")]  # noqa: E731
+    header, base = cells(runs[2]), cells(next(line for line in runs if line.startswith(f"| {tiny_model_dir} |")))
+    assert any(line.startswith("| lora |") for line in runs) and any(line.startswith("| ptuning |") for line in runs)
+    # Like with like: the base model's loss is scored too (on the first run's validation split).
+    assert not base[header.index("val loss")].startswith("n/a") and not base[header.index("Persian (clean)")].startswith("n/a")
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["reference"] == str(tiny_model_dir) and set(data["gains"]) == {"lora", "ptuning"}
+    assert set(data["errors"]["evaluation"]) == set()
     assert (tmp_path / "report" / "quality.png").stat().st_size > 0
     assert (tmp_path / "report" / "loss_curves.png").stat().st_size > 0
     assert html.count("data:image/png;base64,") == 2 and 'dir="rtl"' in html and "http" not in html.split("<body>")[1]
@@ -94,9 +103,10 @@ def test_demo_pipeline_at_tiny_scale(tiny_model_dir, tmp_path):
     report = run_demo(tmp_path / "demo", steps=2, model=str(tiny_model_dir), fidelity_limit=2, max_new_tokens=6,
                       max_length=128, farstail=str(FARSTAIL / "val.tsv"), farstail_limit=3)
     md = report.with_suffix(".md").read_text()
+    runs = md[md.index("## Runs"):]
     for method in ("ptuning", "lora", "qlora", "embed_head"):
-        assert f"| {method} |" in md and (tmp_path / "demo" / method / "train_summary.json").exists()
-    assert "n/a" not in md.split("\n")[5]  # the first trained run (ptuning) has every metric
+        assert f"| {method} |" in runs and (tmp_path / "demo" / method / "train_summary.json").exists()
+    assert "n/a" not in next(line for line in runs.splitlines() if line.startswith("| ptuning |"))  # every metric
 
 
 def test_farstail_without_a_path_fails_offline_with_one_clear_line(tiny_runs, tmp_path, monkeypatch):

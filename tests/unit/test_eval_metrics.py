@@ -10,10 +10,12 @@ from fatune.eval.metrics import (
     bits_per_byte,
     choice_accuracy,
     confusion_matrix,
+    fidelity_flags,
     fidelity_summary,
     is_degenerate,
     is_echo,
     mostly_persian,
+    normalized_choice,
     perplexity,
     repeated_ngram_ratio,
     wilson_ci,
@@ -148,7 +150,43 @@ def test_choice_accuracy():
     assert result["accuracy"] == 0.75
     lo, hi = result["accuracy_ci95"]
     assert (lo, hi) == pytest.approx(wilson_ci(3, 4), abs=1e-4)
-    assert choice_accuracy([], []) == {"accuracy": 0.0, "correct": 0, "total": 0, "accuracy_ci95": [0.0, 1.0]}
+    assert result["per_item"] == {"accuracy": [1, 0, 1, 1]} and "acc_norm" not in result
+    assert choice_accuracy([], []) == {"accuracy": 0.0, "correct": 0, "total": 0, "accuracy_ci95": [0.0, 1.0],
+                                       "per_item": {"accuracy": []}}
+
+
+@pytest.mark.parametrize("scores, sizes, choice", [
+    ([-10.0, -12.0], [2, 12], 1),           # -5/byte vs -1/byte: the long option wins once normalised
+    ([-10.0, -12.0], [10, 10], 0),          # equal lengths: same pick as plain argmax
+    ([-6.0, -3.0, -9.0], [6, 2, 9], 0),     # -1, -1.5, -1 per byte: the tie goes to the lowest index
+    ([-4.0, -4.0], [0, 4], 1),              # an empty option counts as one byte
+])
+def test_normalized_choice(scores, sizes, choice):
+    assert normalized_choice(scores, sizes) == choice
+
+
+def test_normalized_choice_rejects_mismatched_lengths():
+    with pytest.raises(ValueError):
+        normalized_choice([-1.0, -2.0], [3])
+
+
+def test_choice_accuracy_with_acc_norm():
+    # Per question: log-likelihoods, option lengths in UTF-8 bytes, gold index.
+    table = [
+        ([-4.0, -9.0], [2, 18], 1),       # plain picks 0 (wrong); per byte -2 vs -0.5 picks 1 (right)
+        ([-4.0, -9.0], [2, 18], 0),       # plain right, normalised wrong
+        ([-2.0, -3.0, -8.0], [4, 4, 4], 0),  # equal lengths: both right
+        ([-5.0, -1.0], [8, 8], 0),        # both wrong
+    ]
+    scores, sizes, gold = (list(column) for column in zip(*table))
+    result = choice_accuracy(scores, gold, sizes)
+    assert result["per_item"] == {"accuracy": [0, 1, 1, 0], "acc_norm": [1, 0, 1, 0]}
+    assert (result["accuracy"], result["acc_norm"]) == (0.5, 0.5)
+    assert result["acc_norm_ci95"] == [round(v, 4) for v in wilson_ci(2, 4)]
+    with pytest.raises(ValueError):
+        choice_accuracy(scores, gold, sizes[:2])
+    # Persian options are two bytes a letter: "بله" (6 bytes) against "no" (2 bytes).
+    assert choice_accuracy([[-6.0, -2.5]], [0], [[len("بله".encode()), len("no".encode())]])["acc_norm"] == 1.0
 
 
 def test_fidelity_summary():
@@ -175,6 +213,18 @@ def test_fidelity_summary():
     }
     # Echoing a Persian prompt raises the Persian rate but not the clean one.
     assert summary["clean_persian_rate"] < summary["mostly_persian_rate"]
+
+
+def test_fidelity_flags_are_the_per_answer_rates():
+    prompts = ["پایتخت ایران کجاست؟", PROMPT, "سلام", "درباره کتاب بنویس"]
+    answers = ["پایتخت ایران تهران است.", PROMPT, " ", "کتاب خوب است. " * 6]
+    hit = [False, False, False, True]
+    flags = fidelity_flags(answers, prompts, hit)
+    assert flags == {"mostly_persian": [1, 1, 0, 1], "empty": [0, 0, 1, 0], "echo": [0, 1, 0, 0],
+                     "degenerate": [0, 0, 0, 1], "hit_limit": [0, 0, 0, 1], "clean_persian": [1, 0, 0, 0]}
+    summary = fidelity_summary(answers, prompts, hit)
+    for name, values in flags.items():
+        assert summary[f"{name}_rate"] == round(sum(values) / len(values), 4)
 
 
 def test_fidelity_summary_empty_and_mismatched():
@@ -206,3 +256,13 @@ def test_bits_per_byte_rejects_zero_bytes():
 ])
 def test_perplexity(mean_nll, ppl):
     assert perplexity(mean_nll) == pytest.approx(ppl)
+
+
+@pytest.mark.parametrize("n, limit, expected", [
+    (10, None, list(range(10))), (10, 20, list(range(10))), (10, 5, [0, 2, 4, 6, 8]), (7, 3, [0, 2, 4]),
+    (204, 2, [0, 102]), (3, 0, []),
+])
+def test_spread_takes_evenly_spaced_items_in_order(n, limit, expected):
+    from fatune.eval.tasks import spread
+
+    assert spread(list(range(n)), limit) == expected

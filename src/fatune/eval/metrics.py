@@ -1,5 +1,8 @@
 """Pure metric functions for evaluation: Persian fidelity of answers, choice scoring and loss units.
 
+Question answering (``qa_metrics``), translation (``mt_metrics``) and bootstrap intervals and paired
+gains (``stats``) have their own modules; the Wilson interval for proportions stays here.
+
 Nothing here touches a model; the evaluators produce strings, log-likelihoods and losses, and these
 functions turn them into numbers for the report. Letter counting is shared with ``data inspect``
 through ``fatune.data.script`` so "Persian share" means the same thing everywhere.
@@ -119,15 +122,57 @@ def argmax_choice(loglikelihoods: list[float]) -> int:
     return best
 
 
-def choice_accuracy(all_loglikelihoods: list[list[float]], answers: list[int]) -> dict:
-    """Multiple-choice accuracy of argmax picks, with its Wilson 95% interval (rounded to 4 decimals)."""
+def normalized_choice(loglikelihoods: list[float], option_bytes: list[int]) -> int:
+    """``argmax_choice`` of the log-likelihood per UTF-8 byte of each option (lm-eval's ``acc_norm``, by
+    bytes rather than characters so Persian and Latin options are measured alike).
+
+    Summed log-likelihoods favour short options, since every extra token costs probability; dividing by
+    the option's length removes most of that bias. An empty option counts as one byte: its end-of-turn
+    token is still scored."""
+    if len(loglikelihoods) != len(option_bytes):
+        raise ValueError(f"{len(loglikelihoods)} scores but {len(option_bytes)} option lengths")
+    return argmax_choice([score / max(size, 1) for score, size in zip(loglikelihoods, option_bytes)])
+
+
+def choice_accuracy(all_loglikelihoods: list[list[float]], answers: list[int],
+                    option_bytes: list[list[int]] | None = None) -> dict:
+    """Multiple-choice accuracy of argmax picks, with its Wilson 95% interval (rounded to 4 decimals).
+
+    With ``option_bytes`` (each option's length in UTF-8 bytes, per question) also ``acc_norm``, the
+    accuracy of length-normalised picks (``normalized_choice``). ``per_item`` holds each question's 0/1."""
     if len(all_loglikelihoods) != len(answers):
         raise ValueError(f"{len(all_loglikelihoods)} score lists but {len(answers)} answers")
-    correct = sum(argmax_choice(scores) == answer for scores, answer in zip(all_loglikelihoods, answers))
-    total = len(answers)
+    hits = [int(argmax_choice(scores) == answer) for scores, answer in zip(all_loglikelihoods, answers)]
+    correct, total = sum(hits), len(answers)
     lo, hi = wilson_ci(correct, total)
-    return {"accuracy": round(correct / total, 4) if total else 0.0, "correct": correct, "total": total,
-            "accuracy_ci95": [round(lo, 4), round(hi, 4)]}
+    result = {"accuracy": round(correct / total, 4) if total else 0.0, "correct": correct, "total": total,
+              "accuracy_ci95": [round(lo, 4), round(hi, 4)], "per_item": {"accuracy": hits}}
+    if option_bytes is not None:
+        if len(option_bytes) != total:
+            raise ValueError(f"{len(option_bytes)} option length lists but {total} answers")
+        norm_hits = [int(normalized_choice(scores, sizes) == answer)
+                     for scores, sizes, answer in zip(all_loglikelihoods, option_bytes, answers)]
+        lo, hi = wilson_ci(sum(norm_hits), total)
+        result.update(acc_norm=round(sum(norm_hits) / total, 4) if total else 0.0,
+                      acc_norm_ci95=[round(lo, 4), round(hi, 4)])
+        result["per_item"]["acc_norm"] = norm_hits
+    return result
+
+
+def fidelity_flags(answers: list[str], prompts: list[str], hit_limit: list[bool]) -> dict[str, list[int]]:
+    """Per answer 0/1: ``mostly_persian``, ``empty``, ``echo``, ``degenerate``, ``hit_limit`` and
+    ``clean_persian`` (mostly Persian and none of the failures, see ``fidelity_summary``)."""
+    if not len(answers) == len(prompts) == len(hit_limit):
+        raise ValueError(f"lengths differ: {len(answers)} answers, {len(prompts)} prompts, "
+                         f"{len(hit_limit)} hit_limit flags")
+    persian = [mostly_persian(a) for a in answers]
+    empty = [not a.strip() for a in answers]
+    echo = [is_echo(a, p) for a, p in zip(answers, prompts)]
+    degenerate = [is_degenerate(a) for a in answers]
+    clean = [p and not (e or ec or d) for p, e, ec, d in zip(persian, empty, echo, degenerate)]
+    flags = {"mostly_persian": persian, "empty": empty, "echo": echo, "degenerate": degenerate,
+             "hit_limit": [bool(h) for h in hit_limit], "clean_persian": clean}
+    return {name: [int(v) for v in values] for name, values in flags.items()}
 
 
 def fidelity_summary(answers: list[str], prompts: list[str], hit_limit: list[bool]) -> dict:
@@ -136,23 +181,16 @@ def fidelity_summary(answers: list[str], prompts: list[str], hit_limit: list[boo
     ``clean_persian_rate`` is the headline: an answer counts only if it is mostly Persian and also not
     empty, not an echo of the (Persian) prompt and not a loop, so none of those failures can inflate it.
     """
-    if not len(answers) == len(prompts) == len(hit_limit):
-        raise ValueError(f"lengths differ: {len(answers)} answers, {len(prompts)} prompts, "
-                         f"{len(hit_limit)} hit_limit flags")
+    flags = fidelity_flags(answers, prompts, hit_limit)
     n = len(answers)
-    persian = [mostly_persian(a) for a in answers]
-    empty = [not a.strip() for a in answers]
-    echo = [is_echo(a, p) for a, p in zip(answers, prompts)]
-    degenerate = [is_degenerate(a) for a in answers]
-    clean = [p and not (e or ec or d) for p, e, ec, d in zip(persian, empty, echo, degenerate)]
 
     def rate(values) -> float:
         return round(sum(values) / n, 4) if n else 0.0
 
     return {"n": n, "persian_share": rate(persian_share(a) for a in answers),
-            "mostly_persian_rate": rate(persian), "empty_rate": rate(empty), "echo_rate": rate(echo),
-            "degenerate_rate": rate(degenerate), "hit_limit_rate": rate(bool(h) for h in hit_limit),
-            "clean_persian_rate": rate(clean)}
+            "mostly_persian_rate": rate(flags["mostly_persian"]), "empty_rate": rate(flags["empty"]),
+            "echo_rate": rate(flags["echo"]), "degenerate_rate": rate(flags["degenerate"]),
+            "hit_limit_rate": rate(flags["hit_limit"]), "clean_persian_rate": rate(flags["clean_persian"])}
 
 
 def bits_per_byte(total_nll_nats: float, total_bytes: int) -> float:

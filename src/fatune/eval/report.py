@@ -1,41 +1,61 @@
-"""``fatune compare``: the seed's comparison table, charts and side-by-side answers, generated from data.
+"""``fatune compare``: gains over a reference with paired bootstrap CIs, the scores, the seed's comparison
+table, charts and side-by-side answers, generated from data.
 
-For each run or model it reads ``RUN/eval/metrics.json``; where that is missing it computes ``loss``
-(runs only) and ``fidelity`` with a small limit. A metric that cannot be computed shows ``n/a`` with the
-reason; the report is always written. Output: ``DIR/report.md``, ``DIR/report.html`` (self-contained:
-images inlined, Persian text in ``dir="rtl"`` blocks, no network needed) and the two PNG charts.
+For each run or model it reads ``RUN/eval/metrics.json`` (or a precomputed metrics file); then every
+target is evaluated on the tasks another target has and it lacks, with the same task spec and settings
+(``report_fill``), so each gain compares like with like. A target with no metrics at all gets ``loss``
+(runs; a base model scores a run's validation split) and ``fidelity`` at the given limit. The reference
+and the gains come from ``gains``. A metric that cannot be computed shows ``n/a`` with the reason; the
+report is always written.
+
+Output in ``DIR``: ``report.md`` and ``report.html`` (self-contained), ``report.json``
+(``{"reference", "gains": {NAME: {"TASK/METRIC": {"delta", "ci95", "significant", "higher_is_better"}}},
+"rows": [{column: cell}], "errors": {"evaluation": {NAME: {TASK: why}}, "gains": {NAME: {TASK: why}}}}``),
+the two PNG charts, and ``metrics/NAME.json`` for base models evaluated here (reused next time).
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import logging
 from pathlib import Path
 
-from fatune.data.script import persian_share
-from fatune.eval.run import evaluate, run_dir_of
+from fatune.eval import gains as gain_table
+from fatune.eval.report_fill import fill, store_path
+from fatune.eval.report_render import answers, charts, markdown, page, score_text
+from fatune.eval.run import run_dir_of
 
 log = logging.getLogger(__name__)
 
+# Each task kind's headline metric in the scores table and the quality chart (lower is better for loss).
+HEADLINE = {"loss": "bits_per_byte", "fidelity": "clean_persian_rate", "farstail": "accuracy", "mc": "accuracy",
+            "sib200": "accuracy", "qa": "f1", "translate": "chrf"}
+GAINS_NOTE = ("Run minus reference on the same items [95% paired bootstrap CI]. In bold, ▲ significantly better and "
+              "▼ significantly worse (the CI excludes 0); ↓ marks metrics where lower is better.")
 
-def _entry(target: str, limit: int, max_new_tokens: int, metrics_file: Path | None = None) -> dict:
-    run_dir = run_dir_of(target)
-    entry = {"name": Path(target).name if run_dir else target, "target": target, "run": run_dir, "errors": {}}
-    summary_file = run_dir / "train_summary.json" if run_dir else None
-    entry["summary"] = json.loads(summary_file.read_text()) if summary_file and summary_file.exists() else {}
-    metrics_file = metrics_file or (run_dir / "eval" / "metrics.json" if run_dir else None)
-    if metrics_file and metrics_file.exists():
-        entry["metrics"] = json.loads(metrics_file.read_text())
-        return entry
-    entry["metrics"] = {}
-    for task in (["loss"] if run_dir else []) + ["fidelity"]:
-        try:
-            entry["metrics"].update(evaluate(target, task, limit=limit, max_new_tokens=max_new_tokens))
-        except Exception as error:  # a report with n/a beats no report
-            entry["errors"][task] = f"{type(error).__name__}: {error}"
-            log.warning("compare: %s: %s failed: %s", target, task, error)
+
+def _names(targets: list[str], runs: list) -> list[str]:
+    """A run's folder name, a base model's id; the full target where two would read the same."""
+    names = [run.name if run else target for target, run in zip(targets, runs)]
+    return [target if names.count(name) > 1 else name for name, target in zip(names, targets)]
+
+
+def _read(path: Path | None) -> dict:
+    return json.loads(path.read_text()) if path and path.exists() else {}
+
+
+def _entry(target: str, name: str, run_dir: Path | None, out: Path, metrics_file: Path | None = None) -> dict:
+    entry = {"name": name, "target": target, "run": run_dir, "errors": {}}
+    entry["summary"] = _read(run_dir / "train_summary.json" if run_dir else None)
+    kept = run_dir / "eval" / "metrics.json" if run_dir else store_path(out, name)  # where fills are written
+    metrics = _read(metrics_file or kept)
+    if metrics_file and Path(metrics_file) != kept:  # what an earlier compare filled in, under the given file
+        extra = _read(kept)
+        filled = (extra.get("_meta") or {}).get("filled") or {}
+        for task in set(filled) - set(metrics):
+            metrics[task] = extra[task]
+            metrics.setdefault("_meta", {}).setdefault("filled", {})[task] = filled[task]
+    entry["metrics"] = metrics
     return entry
 
 
@@ -47,6 +67,26 @@ def _value(entry: dict, task: str, key: str, fmt: str = "{:.3f}"):
         reason = entry["errors"].get(task) or ("not computed" if task != "loss" or entry["run"] else "base model: no run")
         return f"n/a ({reason[:80]})"
     return fmt.format(values[key])
+
+
+def _headlines(entries: list[dict]) -> dict[str, str]:
+    """``{task: headline metric}`` for every task some entry has, in report order."""
+    tasks = {t for e in entries for t, v in e["metrics"].items() if t != "_meta" and isinstance(v, dict)}
+    return {t: HEADLINE[gain_table.kind_of(t)] for t in sorted(tasks, key=gain_table.task_order)
+            if gain_table.kind_of(t) in HEADLINE}
+
+
+def _scores(entries: list[dict], headline: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["name", *(f"{t} {m.replace('_', ' ')}" + (" ↓" if t == "loss" else "") for t, m in headline.items())]
+    rows = []
+    for e in entries:
+        cells = [e["name"]]
+        for task, metric in headline.items():
+            values = e["metrics"].get(task) or {}
+            scored = values.get(metric) is not None
+            cells.append(score_text(task, metric, values) if scored else _value(e, task, metric))
+        rows.append(cells)
+    return header, rows
 
 
 def _table(entries: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -70,97 +110,39 @@ def _table(entries: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _charts(entries: list[dict], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from fatune.training.callbacks import read_metrics
-
-    names = [e["name"] for e in entries]
-    quality = {"Persian (clean)": ("fidelity", "clean_persian_rate"), "Persian share": ("fidelity", "persian_share"),
-               "FarsTail acc": ("farstail", "accuracy")}
-    figure, axes = plt.subplots(figsize=(max(6, 1.6 * len(names) + 3), 4))
-    width = 0.8 / len(quality)
-    for k, (label, (task, key)) in enumerate(quality.items()):
-        values = [(e["metrics"].get(task) or {}).get(key) or 0.0 for e in entries]
-        axes.bar([i + k * width for i in range(len(names))], values, width, label=label)
-    axes.set_xticks([i + width * (len(quality) - 1) / 2 for i in range(len(names))], names, rotation=15)
-    axes.set_ylim(0, 1)
-    axes.set_title("quality (higher is better; missing = 0)")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(out / "quality.png", dpi=100)
-    plt.close(figure)
-
-    figure, axes = plt.subplots(figsize=(7, 4))
-    for e in entries:
-        rows = read_metrics(e["run"]) if e["run"] else []
-        train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-        val = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
-        if train:
-            line, = axes.plot(*zip(*train), alpha=0.5, label=f"{e['name']} train")
-            if val:
-                axes.plot(*zip(*val), marker="o", color=line.get_color(), label=f"{e['name']} val")
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.set_title("loss curves")
-    if axes.lines:
-        axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(out / "loss_curves.png", dpi=100)
-    plt.close(figure)
-    return [out / "quality.png", out / "loss_curves.png"]
-
-
-def _answers(entries: list[dict]) -> list[dict]:
-    """One row per suite prompt: the prompt and every entry's answer."""
-    by_entry = [{s["prompt"]: s["answer"] for s in (e["metrics"].get("fidelity") or {}).get("samples", [])}
-                for e in entries]
-    prompts = list(dict.fromkeys(p for answers in by_entry for p in answers))
-    return [{"prompt": p, "answers": [answers.get(p, "n/a") for answers in by_entry]} for p in prompts]
-
-
-def _md(header, rows, entries, answers) -> str:
-    lines = ["# fatune comparison", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
-    lines += ["", "![quality](quality.png)", "", "![loss curves](loss_curves.png)", "", "## Side-by-side answers", ""]
-    for item in answers:
-        lines += [f"### {item['prompt']}", ""]
-        lines += [f"**{e['name']}**: {a}".replace("\n", " ") + "\n" for e, a in zip(entries, item["answers"])]
-    return "\n".join(lines) + "\n"
-
-
-def _cell(text: str) -> str:
-    direction = ' dir="rtl"' if persian_share(text) > 0.5 else ""
-    return f"<td{direction}>{html.escape(text).replace(chr(10), '<br>')}</td>"
-
-
-def _html(header, rows, entries, answers, images) -> str:
-    inline = "".join(f'<p><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-                     "</p>" for p in images)
-    table = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-             + "".join("<tr>" + "".join(_cell(str(c)) for c in row) + "</tr>" for row in rows) + "</table>")
-    side = ("<table><tr><th>prompt</th>" + "".join(f"<th>{html.escape(e['name'])}</th>" for e in entries) + "</tr>"
-            + "".join("<tr>" + _cell(item["prompt"]) + "".join(_cell(a) for a in item["answers"]) + "</tr>"
-                      for item in answers) + "</table>")
-    style = ("body{font-family:sans-serif;margin:1em} table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px} td[dir=rtl]{text-align:right}")
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>fatune comparison</title><style>{style}</style>'
-            f"</head><body><h1>fatune comparison</h1>{table}{inline}<h2>Side-by-side answers</h2>{side}</body></html>\n")
-
-
 def compare(targets: list[str], out: str | Path, limit: int = 8, max_new_tokens: int = 96,
-            precomputed: dict[str, Path] | None = None) -> Path:
+            precomputed: dict[str, Path] | None = None, reference: str | None = None) -> Path:
     """Write the comparison report for ``targets`` (run dirs, model dirs or ids) into ``out``.
-    ``precomputed`` maps a target to a metrics JSON already written for it (e.g. a base model's)."""
+    ``precomputed`` maps a target to a metrics JSON already written for it (e.g. a base model's);
+    ``reference`` names the target gains are measured against (name or path; default: the base model,
+    else the first target)."""
     out = Path(out)
+    runs = [run_dir_of(t) for t in targets]
+    names = _names(targets, runs)
+    ref = gain_table.reference_index(targets, names, runs, reference)  # a bad --reference fails before any work
     out.mkdir(parents=True, exist_ok=True)
-    entries = [_entry(t, limit, max_new_tokens, (precomputed or {}).get(t)) for t in targets]
+    entries = [_entry(t, n, r, out, (precomputed or {}).get(t)) for t, n, r in zip(targets, names, runs)]
+    fill(entries, ref, out, limit, max_new_tokens)
+    table, gain_errors = gain_table.gains_table(entries, ref)
+    gains_header, gains_rows = gain_table.rows(entries, ref, table, gain_errors)
+    headline = _headlines(entries)
+    scores_header, scores_rows = _scores(entries, headline)
     header, rows = _table(entries)
-    answers = _answers(entries)
-    images = _charts(entries, out)
-    (out / "report.md").write_text(_md(header, rows, entries, answers), encoding="utf-8")
-    (out / "report.html").write_text(_html(header, rows, entries, answers, images), encoding="utf-8")
+    only_one = "Only one target: nothing to compare with the reference." if len(entries) < 2 else ""
+    sections = [
+        {"title": f"Gains over {names[ref]}", "header": gains_header, "rows": gains_rows,
+         "note": only_one or GAINS_NOTE},
+        {"title": "Scores", "header": scores_header, "rows": scores_rows,
+         "note": "Headline metric per task [95% bootstrap CI]; ↓ lower is better."},
+        {"title": "Runs", "header": header, "rows": rows},
+    ]
+    side = answers(entries)
+    images = charts(entries, headline, out)
+    report = {"reference": names[ref], "gains": table,
+              "rows": [dict(zip(header, row)) | dict(zip(scores_header, score_row))
+                       for row, score_row in zip(rows, scores_rows)],
+              "errors": {"evaluation": {e["name"]: e["errors"] for e in entries if e["errors"]}, "gains": gain_errors}}
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    (out / "report.md").write_text(markdown(sections, entries, side), encoding="utf-8")
+    (out / "report.html").write_text(page(sections, entries, side, images), encoding="utf-8")
     return out / "report.html"

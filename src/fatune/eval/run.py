@@ -1,28 +1,78 @@
 """``fatune eval``: run tasks on a run or model and write ``metrics.json`` (and ``RUN/eval/metrics.json``).
 
 Task names: ``loss`` (``loss:PATH``), ``fidelity`` (``fidelity:PATH``), ``farstail`` (``farstail:PATH``),
-``mc:PATH``. Results are keyed by the task name without its path, except ``mc:<file stem>``.
+``mc:PATH``, ``sib200:PATH``, ``qa:PATH`` (SQuAD 2.0 JSON) and ``translate:SRC+TGT``. Paths take the
+``#START:END`` selector and the ``fatune:tasks/...`` aliases of ``fatune.data.sources``. Results are keyed
+by the task name without its path, except ``mc:``, ``sib200:`` and ``qa:<file stem>`` and
+``translate:<stem of SRC>`` (``task_key``). ``_meta["tasks"]`` maps each key to its full task string, so
+a report can evaluate the same task on another model with the same settings (``_meta["settings"]``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
 from fatune.errors import FatuneError
 
-TASKS = ("loss", "fidelity", "farstail", "mc")
+TASKS = ("loss", "fidelity", "farstail", "mc", "sib200", "qa", "translate")
+# Tasks that need a path, and how to write it.
+NEEDS_PATH = {"mc": "mc:PATH (JSONL with question, candidates, answer)",
+              "sib200": "sib200:PATH (a SIB-200 TSV with index_id, category, text)",
+              "qa": "qa:PATH (a SQuAD 2.0 JSON file)",
+              "translate": "translate:SRC+TGT (two line-aligned text files, English then Persian)"}
+# Generation budgets when the caller gives none: see eval.qa and eval.translate for why.
+DEFAULT_MAX_NEW_TOKENS = {"fidelity": 128, "qa": 32, "translate": 128}
+
+
+def task_key(spec: str) -> str:
+    """The results key of one task string: ``qa:fatune:tasks/pquad/heldout.json#0:5`` -> ``qa:heldout``."""
+    from fatune.data.sources import parse_source
+
+    name, _, path = spec.partition(":")
+    if name == "translate" and path:
+        from fatune.eval.translate import pair_of
+
+        return f"translate:{Path(pair_of(path)[0]).stem}"
+    if name in NEEDS_PATH and path:
+        return f"{name}:{Path(parse_source(path)[0]).stem}"
+    return name
+
+
+def _check_files(name: str, path: str) -> None:
+    """Fail before the model loads when a task file is missing (its contents are checked when read)."""
+    from fatune.data.sources import local_path, parse_source
+
+    if name == "translate":
+        from fatune.eval.translate import pair_of
+
+        files = pair_of(path)[:2]
+    else:
+        files = (parse_source(path)[0],)
+    for file in files:
+        if not local_path(file).is_file():
+            raise FatuneError(f"{name}:{path}: no such file: {file}")
 
 
 def parse_tasks(spec: str) -> list[tuple[str, str | None]]:
-    tasks = []
+    """``[(name, path or None), ...]`` of a comma-separated task list, checked (names, paths, unique keys)."""
+    tasks, keys = [], {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, path = item.partition(":")
         if name not in TASKS:
-            raise FatuneError(f"unknown eval task {name!r}; choose from {', '.join(TASKS)} (mc needs mc:PATH)")
-        if name == "mc" and not path:
-            raise FatuneError("the mc task needs a file: mc:PATH (JSONL with question, candidates, answer)")
+            raise FatuneError(f"unknown eval task {name!r}; choose from {', '.join(TASKS)} "
+                              "(mc, sib200 and qa need :PATH, translate needs :SRC+TGT)")
+        if name in NEEDS_PATH:
+            if not path:
+                raise FatuneError(f"the {name} task needs a file: {NEEDS_PATH[name]}")
+            _check_files(name, path)
+        key = task_key(item)
+        if key in keys:
+            raise FatuneError(f"tasks {keys[key]!r} and {item!r} would both be reported as {key!r}; "
+                              "rename one of the files")
+        keys[key] = item
         tasks.append((name, path or None))
     if not tasks:
         raise FatuneError("--tasks is empty; e.g. --tasks loss,fidelity")
@@ -38,13 +88,29 @@ def run_dir_of(run_or_model: str) -> Path | None:
     return None
 
 
-def evaluate(run_or_model: str, tasks: str, limit: int | None = None, max_new_tokens: int = 128,
+# A JSON array of numbers (or of arrays of numbers) as json.dumps(indent=2) spreads it, one value a line.
+_NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|true|false|null|NaN|-?Infinity"
+_NUMBER_ARRAY = re.compile(rf"\[\n\s*(?:{_NUMBER})(?:,\n\s*(?:{_NUMBER}))*\n\s*\]")
+
+
+def dumps(results: dict) -> str:
+    """Indented JSON with arrays of numbers kept on one line: per-item data stays readable and small."""
+    text = json.dumps(results, indent=2, ensure_ascii=False)
+    # Raw newlines never occur inside JSON strings, so a match (which spans lines) is structure, never text.
+    return _NUMBER_ARRAY.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(0)[1:-1].split(",")) + "]", text)
+
+
+def evaluate(run_or_model: str, tasks: str, limit: int | None = None, max_new_tokens: int | None = None,
              batch_size: int = 6, out: str | Path | None = None, chat_model=None,
              loss_run: str | Path | None = None) -> dict:
     """Run ``tasks`` (comma-separated) and return ``{task: metrics, ..., "_meta": ...}``.
 
-    ``loss_run``: for a base model, whose validation split to score ``loss`` on (a run of that base)."""
+    ``max_new_tokens``: the generation budget of every generating task; ``None``: each task's own default
+    (``DEFAULT_MAX_NEW_TOKENS``). ``loss_run``: for a base model, whose validation split to score ``loss``
+    on (a run of that base)."""
     from fatune.eval import tasks as task_functions
+    from fatune.eval.qa import qa_task
+    from fatune.eval.translate import translate_task
     from fatune.generation import load
     from fatune.training.final import versions
 
@@ -54,22 +120,33 @@ def evaluate(run_or_model: str, tasks: str, limit: int | None = None, max_new_to
     run_dir = run_dir_of(run_or_model)
     loss_dir = run_dir or (Path(loss_run) if loss_run else None)
     results: dict = {}
+    specs: dict[str, str] = {}
     for name, path in plan:
+        spec = f"{name}:{path}" if path else name
+        key = task_key(spec)
+        budget = DEFAULT_MAX_NEW_TOKENS.get(name) if max_new_tokens is None else max_new_tokens
         if name == "loss":
-            results["loss"] = task_functions.loss_task(model, loss_dir, path, limit)
+            results[key] = task_functions.loss_task(model, loss_dir, path, limit)
         elif name == "fidelity":
-            results["fidelity"] = task_functions.fidelity_task(model, path, limit, max_new_tokens, batch_size)
+            results[key] = task_functions.fidelity_task(model, path, limit, budget, batch_size)
         elif name == "farstail":
-            results["farstail"] = task_functions.farstail_task(model, path, limit, batch_size)
+            results[key] = task_functions.farstail_task(model, path, limit, batch_size)
+        elif name == "mc":
+            results[key] = task_functions.mc_task(model, path, limit, batch_size)
+        elif name == "sib200":
+            results[key] = task_functions.sib200_task(model, path, limit, batch_size)
+        elif name == "qa":
+            results[key] = qa_task(model, path, limit, budget, batch_size)
         else:
-            results[f"mc:{Path(path).stem}"] = task_functions.mc_task(model, path, limit, batch_size)
+            results[key] = translate_task(model, path, limit, budget, batch_size)
+        specs[key] = spec
     results["_meta"] = {"model": run_or_model, "run": str(run_dir) if run_dir else None,
                         "method": model.loaded.method, "base_model": model.loaded.meta.get("base_model", run_or_model),
                         "template": model.template.name, "versions": versions(),
-                        "seconds": round(time.perf_counter() - started, 2),
+                        "seconds": round(time.perf_counter() - started, 2), "tasks": specs,
                         "settings": {"tasks": tasks, "limit": limit, "max_new_tokens": max_new_tokens,
                                      "batch_size": batch_size}}
-    text = json.dumps(results, indent=2, ensure_ascii=False)
+    text = dumps(results)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
