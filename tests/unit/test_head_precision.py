@@ -126,12 +126,12 @@ def test_no_grad_computes_the_loss_only(dtype, monkeypatch):
     torch.testing.assert_close(loss_only, with_grads.detach(), rtol=1e-5, atol=1e-4)
 
 
-def _tiny(model_type):
+def _tiny(model_type, tie=False):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
     config = AutoConfig.for_model(model_type, vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=False)
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=tie)
     if model_type == "granite":
         config.logits_scaling = 4.0
     if model_type == "cohere":
@@ -176,3 +176,34 @@ def test_deepspeed_zero3_keeps_the_models_own_loss(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="fatune.training.head"):
         assert not head.install(_tiny("llama"))
     assert "ZeRO-3" in caplog.text
+
+
+@pytest.mark.parametrize("model_type", ["gemma3_text", "gemma2"])  # gemma2: soft-capped logits
+def test_peft_trainable_tokens_are_scored_and_trained_through_the_fused_head(model_type):
+    """lora's method.chat_tokens wraps the tied head in PEFT's trainable tokens: the fused head must use the
+    wrapper's spliced weight, giving the model's own loss and the same gradient on the trained rows."""
+    from peft import LoraConfig, get_peft_model
+
+    def wrapped():
+        torch.manual_seed(0)
+        model = get_peft_model(_tiny(model_type, tie=True), LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM",
+                                                                 trainable_token_indices=[3, 7]))
+        delta = model.get_base_model().get_input_embeddings().token_adapter.trainable_tokens_delta["default"]
+        with torch.no_grad():
+            delta.add_(torch.randn_like(delta))  # trained rows that differ from the frozen ones
+        return model, delta
+
+    ids = torch.tensor([[1, 3, 7, 9, 3, 11, 7, 3]], device=DEVICE)
+    labels = ids.clone()
+    labels[0, :2] = IGNORE
+    own_model, own_delta = wrapped()
+    own = own_model(input_ids=ids, labels=labels).loss
+    own.backward()
+    fused_model, fused_delta = wrapped()
+    assert head.install(fused_model.get_base_model())
+    fused = fused_model(input_ids=ids, labels=labels, fused_head_loss=True).loss
+    fused.backward()
+    torch.testing.assert_close(fused, own, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused_delta.grad, own_delta.grad, rtol=1e-4, atol=1e-6)
+    # The frozen matrix gets no gradient buffer: only the two trained rows do.
+    assert fused_model.get_base_model().get_output_embeddings().token_adapter.base_layer.weight.grad is None

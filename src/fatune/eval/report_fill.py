@@ -48,6 +48,8 @@ def setup_of(metrics: dict, key: str) -> tuple[str, dict] | None:
     if filled:
         return filled["spec"], filled["settings"]
     settings = meta.get("settings") or {}
+    # Metrics gathered task by task with their own sizes (``fatune demo``) record each task's settings.
+    settings = {**settings, **((meta.get("task_settings") or {}).get(key) or {})}
     spec = (meta.get("tasks") or {}).get(key)
     if spec is None:  # metrics written before _meta["tasks"]: the task list itself
         spec = next((s.strip() for s in str(settings.get("tasks") or "").split(",") if _key_or_none(s.strip()) == key),

@@ -59,7 +59,7 @@ def prepare_4bit(model):
 
 
 def apply(model, cfg, tokenizer=None):
-    return lora.apply(prepare_4bit(model), cfg)
+    return lora.apply(prepare_4bit(model), cfg, tokenizer)
 
 
 def report(model) -> dict:

@@ -118,11 +118,23 @@ def _frozen_head_pass(h, weight, targets, softcap, vocab_tile, want_grad, acc):
     log_sum = running_max.squeeze(1) + running_sum.squeeze(1).log()
     loss = (log_sum - target_z).sum()
     if weighted is None:
-        return loss, None
+        return loss, None, log_sum
     minus_one = torch.exp(target_z - log_sum) - 1  # p_target - 1
     if target_slope is not None:
         minus_one = minus_one * target_slope
-    return loss, weighted / running_sum + minus_one[:, None] * target_rows
+    return loss, weighted / running_sum + minus_one[:, None] * target_rows, log_sum
+
+
+def _row_grads(h, weight, targets, softcap, row_index, log_sum, grad_rows, acc):
+    """``grad_rows += d loss / d weight[row_index]`` for a few trained rows (PEFT trainable tokens):
+    ``sum_i (p_i,row - [target_i == row]) h_i`` with the probabilities from the pass's log-sum-exp, so
+    the other 262k rows never get a gradient (nor a weight-sized buffer)."""
+    z, slope = _softcapped((h @ weight[row_index].T).to(acc), softcap)
+    grad = z.sub_(log_sum[:, None]).exp_()
+    grad -= (targets[:, None] == row_index[None, :]).to(acc)
+    if slope is not None:
+        grad.mul_(slope)
+    grad_rows.add_(grad.T @ h.to(acc))
 
 
 def _trained_head_chunk(h, weight, targets, softcap, grad_weight, want_hidden, acc):
@@ -148,21 +160,26 @@ def _dtypes(hidden, weight):
     return compute, torch.promote_types(compute, torch.float32)
 
 
-def _fused(hidden, weight, targets, softcap, chunk_tokens, want_hidden, want_weight):
-    """(loss sum, d loss / d hidden or None, d loss / d weight or None), all in the accumulation dtype."""
+def _fused(hidden, weight, targets, softcap, chunk_tokens, want_hidden, want_weight, row_index=None):
+    """(loss sum, d loss / d hidden or None, d loss / d weight or None), all in the accumulation dtype.
+    With ``row_index``, the weight gradient is only that of those rows (``(len(row_index), dim)``)."""
     compute, acc = _dtypes(hidden, weight)
     with torch.autocast(hidden.device.type, enabled=False):
         h_all, w = hidden.to(compute), weight.to(compute)
         grad_hidden = torch.zeros_like(hidden, dtype=acc) if want_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=acc) if want_weight else None
+        rows_only = row_index is not None and want_weight
+        shape = (len(row_index), weight.shape[1]) if rows_only else weight.shape
+        grad_weight = torch.zeros(shape, dtype=acc, device=weight.device) if want_weight else None
         total = hidden.new_zeros((), dtype=acc)
         step = chunk_tokens or (chunk_tokens_for(weight.shape[0]) if want_weight else TOKEN_CHUNK)
         for start in range(0, hidden.shape[0], step):
             h, t = h_all[start:start + step], targets[start:start + step]
-            if want_weight:
+            if want_weight and not rows_only:
                 loss, grad = _trained_head_chunk(h, w, t, softcap, grad_weight, want_hidden, acc)
             else:
-                loss, grad = _frozen_head_pass(h, w, t, softcap, VOCAB_TILE, want_hidden, acc)
+                loss, grad, log_sum = _frozen_head_pass(h, w, t, softcap, VOCAB_TILE, want_hidden, acc)
+                if rows_only:
+                    _row_grads(h, w, t, softcap, row_index, log_sum, grad_weight, acc)
             total += loss
             if grad is not None:
                 grad_hidden[start:start + step] = grad
@@ -173,11 +190,16 @@ class FusedHeadLoss(torch.autograd.Function):
     """``sum_i -log softmax(softcap(hidden_i @ weight.T))[target_i]`` with its gradient computed in forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, softcap, chunk_tokens):
+    def forward(ctx, hidden, weight, targets, softcap, chunk_tokens, row_index=None, rows=None):
+        # ``rows``: trained rows already spliced into ``weight`` at ``row_index`` (a detached copy); their
+        # gradient is returned for ``rows`` alone.
+        want_weight = ctx.needs_input_grad[1] or (rows is not None and ctx.needs_input_grad[6])
         total, grad_hidden, grad_weight = _fused(hidden, weight, targets, softcap, chunk_tokens,
-                                                 ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+                                                 ctx.needs_input_grad[0], want_weight,
+                                                 row_index if rows is not None else None)
         ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.dtypes = (hidden.dtype, weight.dtype)
+        ctx.dtypes = (hidden.dtype, weight.dtype if rows is None else rows.dtype)
+        ctx.rows = rows is not None
         return total
 
     @staticmethod
@@ -187,15 +209,18 @@ class FusedHeadLoss(torch.autograd.Function):
         # graph (retain_graph) then fails autograd's in-place check instead of scaling twice.
         grad_hidden, grad_weight = ctx.saved_tensors
         hidden_dtype, weight_dtype = ctx.dtypes
+        grad_weight = None if grad_weight is None else grad_weight.mul_(grad_total).to(weight_dtype)
         return (
             None if grad_hidden is None else grad_hidden.mul_(grad_total).to(hidden_dtype),
-            None if grad_weight is None else grad_weight.mul_(grad_total).to(weight_dtype),
-            None, None, None,
+            None if ctx.rows else grad_weight,
+            None, None, None, None,
+            grad_weight if ctx.rows else None,
         )
 
 
 def fused_head_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, softcap=None,
-                        chunk_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        chunk_tokens: int | None = None, rows: tuple | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token loss over trained positions (fp32, or fp64 for fp64 inputs), and how many there were.
 
     ``hidden`` is ``(batch, seq, dim)``, ``labels`` ``(batch, seq)`` aligned with the inputs (the shift
@@ -204,9 +229,30 @@ def fused_head_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torc
     hidden, labels = hidden[:, :-1], labels[:, 1:]
     trained = labels != IGNORE
     h, t = hidden[trained], labels[trained]
-    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-        return FusedHeadLoss.apply(h, weight, t, softcap, chunk_tokens), trained.sum()
+    row_index, row_values = rows if rows is not None else (None, None)
+    trained_rows = row_values is not None and row_values.requires_grad
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad or trained_rows):
+        return FusedHeadLoss.apply(h, weight, t, softcap, chunk_tokens, row_index, row_values), trained.sum()
     return _fused(h, weight, t, softcap, chunk_tokens, False, False)[0], trained.sum()
+
+
+def output_weight(head) -> tuple[torch.Tensor, tuple | None]:
+    """The LM head's effective weight, and the trained rows in it as ``(index, values)`` or None.
+
+    Under PEFT's trainable tokens (lora/qlora ``method.chat_tokens``) the head is a wrapper whose forward
+    splices the trained rows into a copy of the frozen weight. The fused head scores with that copy (or the
+    trained rows would never be predicted) made without autograd, and takes the rows' gradient on its own:
+    through the copy, autograd would build a dense gradient for all 262k rows to keep two of them."""
+    adapter = getattr(head, "token_adapter", None)
+    if adapter is None:
+        return head.weight, None
+    if adapter.merged or adapter.disable_adapters or not adapter.active_adapters:
+        return adapter.base_layer.weight, None
+    (name,) = adapter.active_adapters  # PEFT trains one adapter at a time
+    with torch.no_grad():
+        weight = adapter.get_merged_weights([name])
+    index = torch.as_tensor(adapter.token_indices[name], device=weight.device)
+    return weight, (index, adapter.trainable_tokens_delta[name])
 
 
 def why_not(model) -> str | None:
@@ -214,13 +260,15 @@ def why_not(model) -> str | None:
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     model_type = getattr(model.config, "model_type", None)
-    head = model.get_output_embeddings()
+    outer = model.get_output_embeddings()
+    adapter = getattr(outer, "token_adapter", None)  # PEFT trainable tokens wrap the Linear (see output_weight)
+    head = adapter.base_layer if adapter is not None else outer
     if model_type not in MODEL_TYPES:
         return (f"model type {model_type!r} is not one whose logits it is tested to reproduce "
                 f"({', '.join(sorted(MODEL_TYPES))})")
     if type(head) is not nn.Linear or head.bias is not None:
         return f"the LM head is a {type(head).__name__}{' with a bias' if type(head) is nn.Linear else ''}, not a plain Linear"
-    if head._forward_hooks or head._forward_pre_hooks:
+    if any(module._forward_hooks or module._forward_pre_hooks for module in (outer, head)):
         return "the LM head carries hooks (embed_head with a row subset splices its trained rows in there)"
     if not hasattr(model, model.base_model_prefix):
         return f"{type(model).__name__} has no {model.base_model_prefix!r} body to call"
@@ -258,8 +306,8 @@ def install(model, chunk_tokens: int | None = None) -> bool:
         kwargs["use_cache"] = False  # a KV cache would let packed conversations see each other
         # Looked up on every call: PEFT and DDP wrap modules after install.
         hidden = getattr(self, self.base_model_prefix)(*args, **kwargs).last_hidden_state
-        total, count = fused_head_loss_sum(hidden, self.get_output_embeddings().weight, labels, softcap,
-                                           chunk_tokens)
+        weight, rows = output_weight(self.get_output_embeddings())
+        total, count = fused_head_loss_sum(hidden, weight, labels, softcap, chunk_tokens, rows)
         divisor = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
         return CausalLMOutputWithPast(loss=total / divisor)
 
