@@ -79,7 +79,7 @@ def test_qa_scores():
     scores = qa_scores(predictions, items, NO_ANSWER)
     per_f1 = [100.0, 100 * 2 / 3, 100.0, 0.0, 0.0]
     assert scores["per_item"] == {"exact_match": [100.0, 0.0, 100.0, 0.0, 0.0],
-                                  "f1": [pytest.approx(v, abs=1e-4) for v in per_f1]}
+                                  "f1": [pytest.approx(v, abs=1e-4) for v in per_f1], "answerable": [1, 1, 0, 0, 1]}
     assert scores["item_ids"] == ["q1", "q2", "q3", "q4", "q5"] and scores["n"] == 5
     assert scores["exact_match"] == 40.0 and scores["f1"] == round(sum(per_f1) / 5, 2)
     assert scores["has_ans_f1"] == round((100 + 200 / 3 + 0) / 3, 2) and scores["no_ans_f1"] == 50.0

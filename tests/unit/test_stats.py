@@ -144,10 +144,32 @@ def test_translation_gains_recompute_the_corpus_score():
     (result("ab", accuracy=[1, 0]), {"item_ids": ["a", "b"]}, "mc:x", "reference result has no per-item data"),
     (result("ab", accuracy=[1, 0]), result("abc", accuracy=[1, 0, 1]), "mc:x", "2 in the run, 3 in the reference"),
     (result("ab", accuracy=[1, 0]), result("ac", accuracy=[1, 0]), "mc:x", "item 1 is 'b' in the run but 'c'"),
-    (result("ab", accuracy=[1, 0]), result("ab", accuracy=[1, 0]), "mc:x", "no per-item 'acc_norm'"),
+    (result("ab", acc_norm=[1, 0]), result("ab", acc_norm=[1, 0]), "mc:x", "no per-item 'accuracy'"),
     (result("", accuracy=[]), result("", accuracy=[]), "mc:x", "no items"),
     (result("a", x=[1]), result("a", x=[1]), "bleu", "no gain metrics for task 'bleu'"),
 ])
 def test_gains_explain_why_they_cannot_be_computed(run, reference, task, message):
     with pytest.raises(ValueError, match=message):
         gains(run, reference, task)
+
+
+def test_a_missing_secondary_metric_is_left_out_not_the_task():
+    from fatune.eval.stats import gains
+
+    assert set(gains(result("ab", accuracy=[1, 0]), result("ab", accuracy=[0, 0]), "mc:x")) == {"accuracy"}
+
+
+def test_has_answer_f1_gain_counts_only_answerable_questions_and_old_results_skip_it():
+    from fatune.eval.stats import gains
+
+    # Two answerable and two unanswerable questions: the run declines everything (100 on the unanswerable
+    # ones, 0 on the others), the reference answers the answerable ones half right and nothing else.
+    ids = ["a", "b", "c", "d"]
+    run = {"item_ids": ids, "per_item": {"f1": [0, 0, 100, 100], "exact_match": [0, 0, 100, 100],
+                                          "answerable": [1, 1, 0, 0]}}
+    reference = {"item_ids": ids, "per_item": {"f1": [50, 50, 0, 0], "exact_match": [0, 0, 0, 0],
+                                                "answerable": [1, 1, 0, 0]}}
+    result = gains(run, reference, "qa:x", resamples=500)
+    assert result["f1"]["delta"] == 25.0 and result["has_ans_f1"]["delta"] == -50.0
+    del run["per_item"]["answerable"]  # metrics written before the flag existed: the metric is left out
+    assert "has_ans_f1" not in gains(run, reference, "qa:x", resamples=100)

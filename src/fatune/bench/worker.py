@@ -101,7 +101,9 @@ def fatune_config(spec: dict, out: Path, overrides: list[str]):
         "model": {"path": spec["model"], "template": spec["template"]},
         "data": {"path": spec["train_file"], "val_ratio": 0.0, "packing": False, "max_length": spec["max_length"],
                  "normalize": False},
-        "method": {"name": spec["method"], "r": spec["lora_r"], "alpha": spec["lora_alpha"], "dropout": 0.0},
+        # chat_tokens off: TRL's arms train LoRA alone, and the bench compares identical work.
+        "method": {"name": spec["method"], "r": spec["lora_r"], "alpha": spec["lora_alpha"], "dropout": 0.0,
+                   "chat_tokens": False},
         "train": {"max_steps": spec["steps"], "batch_size": spec["batch_size"], "grad_accum": 1,
                   "learning_rate": spec["learning_rate"], "scheduler": "constant", "warmup_ratio": 0.0,
                   "max_grad_norm": spec["max_grad_norm"], "optimizer": "adamw_torch", "precision": spec["precision"],

@@ -128,4 +128,5 @@ def qa_scores(predictions: Sequence[str], items: Sequence, no_answer_text: str |
             "has_ans_n": sum(has_answer), "no_ans_n": n - sum(has_answer),
             "no_answer_rate": round(sum(declined) / n, 4) if n else 0.0, "n": n,
             "item_ids": [str(item.id) for item in items],
-            "per_item": {"exact_match": em, "f1": [round(v, 4) for v in f1s]}}
+            "per_item": {"exact_match": em, "f1": [round(v, 4) for v in f1s],
+                         "answerable": [int(h) for h in has_answer]}}

@@ -21,7 +21,9 @@ Statistic = Callable[[np.ndarray], float]
 # Task kind -> the metrics a report compares, and whether higher is better. Each needs per-item data in
 # the task's result (``per_item``), see ``_statistic``.
 GAIN_METRICS: dict[str, list[tuple[str, bool]]] = {
-    "qa": [("f1", True), ("exact_match", True)],
+    # has_ans_f1: F1 on the answerable questions alone, so a model that learns to decline everything
+    # (the fixed no-answer sentence scores 100 on unanswerable questions) cannot pass for a reader.
+    "qa": [("f1", True), ("exact_match", True), ("has_ans_f1", True)],
     "translate": [("chrf", True), ("chrf_plus_plus", True), ("bleu", True)],
     "sib200": [("accuracy", True), ("acc_norm", True)],
     "farstail": [("accuracy", True), ("acc_norm", True)],
@@ -101,6 +103,9 @@ def _statistic(kind: str, metric: str, per_item: dict, side: str) -> Statistic:
     if kind == "loss":  # bits per byte is a ratio of sums: long rows weigh more, as in the headline
         nll, n_bytes = need("nll"), need("bytes")
         return lambda rows: float(nll[rows].sum() / math.log(2) / max(n_bytes[rows].sum(), 1.0))
+    if kind == "qa" and metric == "has_ans_f1":  # the mean over the answerable items drawn
+        f1, answerable = need("f1"), need("answerable") > 0
+        return lambda rows: float(f1[rows][answerable[rows]].mean()) if answerable[rows].any() else 0.0
     # Means of per-item values; fidelity stores its flags without the "_rate" suffix (clean_persian, ...).
     values = need(metric if metric in per_item else metric.removesuffix("_rate"))
     return lambda rows: float(values[rows].mean())
@@ -135,10 +140,15 @@ def gains(run_result: dict, reference_result: dict, task_key: str, resamples: in
     if not run_ids:
         raise ValueError(f"{task_key}: no items to compare")
     out = {}
-    for metric, higher_is_better in GAIN_METRICS[kind]:
-        delta, (low, high) = paired_bootstrap(len(run_ids), _statistic(kind, metric, run_items, "run"),
-                                              _statistic(kind, metric, reference_items, "reference"),
-                                              resamples, seed)
+    for position, (metric, higher_is_better) in enumerate(GAIN_METRICS[kind]):
+        try:
+            statistics = (_statistic(kind, metric, run_items, "run"),
+                          _statistic(kind, metric, reference_items, "reference"))
+        except ValueError:
+            if position == 0:  # the headline metric must be there; secondary ones may predate their data
+                raise
+            continue
+        delta, (low, high) = paired_bootstrap(len(run_ids), *statistics, resamples, seed)
         out[metric] = {"delta": round(delta, 6), "ci95": [round(low, 6), round(high, 6)],
                        "significant": bool(low > 0 or high < 0), "higher_is_better": higher_is_better}
     return out
