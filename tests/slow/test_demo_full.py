@@ -1,5 +1,9 @@
 """The full `fatune demo` with its defaults on the real Gemma 3 270M (excluded from the default run:
-python -m pytest -m demo)."""
+python -m pytest -m demo; about 21 minutes on a 2-core CPU). Its measured numbers are in
+docs/persian-tasks.md; this checks what held there with margin: the report opens with the gains, and
+LoRA and QLoRA lower the held-out bits per byte significantly."""
+
+import json
 
 import pytest
 
@@ -11,8 +15,9 @@ def test_full_demo(tmp_path):
 
     report = run_demo(tmp_path / "demo")
     md = report.with_suffix(".md").read_text()
-    for method in ("ptuning", "lora", "qlora", "embed_head"):
-        assert f"| {method} |" in md
-    rows = md.split("\n")[4:9]
-    base_bpb = float(rows[0].split("|")[11])
-    assert all(float(row.split("|")[11]) < base_bpb for row in rows[2:4])  # lora and qlora lower bits/byte
+    assert md.index("Gains over") < md.index("## Scores") < md.index("## Runs")
+    gains = json.loads(report.with_name("report.json").read_text())["gains"]
+    assert set(gains) == {"ptuning", "lora", "qlora", "embed_head"}
+    for method in ("lora", "qlora"):
+        bits = gains[method]["loss/bits_per_byte"]
+        assert bits["significant"] and bits["delta"] < 0, (method, bits)

@@ -44,7 +44,8 @@ def test_prepare_writes_train_and_val_splits(tmp_path, tiny_tok_dir):
     splits = datasets.load_from_disk(str(out / "data"))
     report = json.loads((out / "data" / "report.json").read_text())
     assert len(splits["train"]) == report["train"]["rows"] > 0 and len(splits["val"]) == report["val"]["rows"] > 0
-    assert report["train"]["conversations"] + report["val"]["conversations"] == 168
+    sample = report["sources"][0]  # the demo mix: the bundled sample first, then the task subsets
+    assert sample["path"] == "fatune:sample" and sample["train"] + sample["val"] == 168 and len(report["sources"]) == 5
 
 
 def test_hub_tokenizer_offline_is_one_clear_error(tmp_path):
@@ -55,7 +56,12 @@ def test_hub_tokenizer_offline_is_one_clear_error(tmp_path):
 
 
 def test_train_with_a_missing_model_or_data_is_one_line_and_exit_2(tmp_path):
-    config = ROOT / "configs/demo/lora.yaml"
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs/demo/lora.yaml").read_text())
+    raw["data"] = {"path": "fatune:sample", "max_length": 256}  # one source, so data.path can be overridden
+    config = tmp_path / "lora.yaml"
+    config.write_text(yaml.safe_dump(raw))
     for override, message in [("model.path=/no/such/model", "/no/such/model: no such model directory"),
                               ("data.path=/no/such.jsonl", "/no/such.jsonl: no such file or directory")]:
         result = run_cli("train", config, override, f"output.dir={tmp_path / 'run'}")
