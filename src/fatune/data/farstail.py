@@ -13,7 +13,6 @@ are asked FarsTail questions the way they saw them. The evaluation reuses ``OPTI
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Iterator
 
@@ -40,34 +39,16 @@ def nli_conversation(premise: str, hypothesis: str, label: str | None,
 def read_farstail(path: Path, name: str, skip_invalid: bool, stats, system: str | None = None,
                   rows: slice | None = None) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, {"messages": ...})`` for each row (of the 0-based ``rows``) of a FarsTail TSV."""
-    from fatune.data.sources import select_rows, skip_or_raise  # shared by every format
+    from fatune.data.sources import skip_or_raise  # shared by every format
+    from fatune.data.tsv import tsv_rows
 
     system = SYSTEM_PROMPT if system is None else system
     with open(path, encoding="utf-8", newline="") as handle:
-        # FarsTail quotes fields that hold tabs or newlines, so a record can span several physical lines.
-        reader = csv.reader(handle, delimiter="\t")
-        header = next(reader, None)
-        if header is None or any(column not in header for column in REQUIRED_COLUMNS):
-            raise DataError(name, 1, f"a FarsTail TSV needs the columns {', '.join(REQUIRED_COLUMNS)}; "
-                            f"found {header}", "header", "unknown_format")
-        index = {column: header.index(column) for column in REQUIRED_COLUMNS}
-
-        def records():
-            line_end = reader.line_num
-            for row in reader:
-                line, line_end = line_end + 1, reader.line_num  # report the line where the record starts
-                yield line, row
-
-        for _, (line, row) in select_rows(records(), rows, name, "rows"):
-            try:
-                if len(row) < len(header):
-                    raise DataError(name, line, f"expected {len(header)} tab-separated columns, found {len(row)}",
-                                    None, "bad_row")
-                label = row[index["label"]].strip()
-                if label not in ANSWERS:
-                    raise DataError(name, line, f"unknown label {label!r}; expected e, n or c", "label",
-                                    "bad_label")
-            except DataError as error:
-                skip_or_raise(error, skip_invalid, stats)
+        needs = f"a FarsTail TSV needs the columns {', '.join(REQUIRED_COLUMNS)}"
+        for line, row in tsv_rows(handle, name, REQUIRED_COLUMNS, needs, rows, skip_invalid, stats):
+            label = row["label"].strip()
+            if label not in ANSWERS:
+                skip_or_raise(DataError(name, line, f"unknown label {label!r}; expected e, n or c", "label",
+                                        "bad_label"), skip_invalid, stats)
                 continue
-            yield line, nli_conversation(row[index["premise"]], row[index["hypothesis"]], label, system)
+            yield line, nli_conversation(row["premise"], row["hypothesis"], label, system)

@@ -12,11 +12,11 @@ alone, e.g. ``ورزش``, so evaluation can score a generation by exact match ag
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Iterator
 
-from fatune.data.sources import LoadStats, local_path, select_rows, skip_or_raise
+from fatune.data.sources import LoadStats, local_path, skip_or_raise
+from fatune.data.tsv import tsv_rows
 from fatune.errors import DataError
 
 LABELS_FA = {"science/technology": "علم و فناوری", "travel": "سفر", "politics": "سیاست", "sports": "ورزش",
@@ -47,25 +47,11 @@ def read_sib200(path: str | Path, name: str | None = None, rows: slice | None = 
     path = local_path(path)
     name = name or str(path)
     with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        header = [column.strip() for column in next(reader, None) or []]
-        if any(column not in header for column in REQUIRED_COLUMNS):
-            raise DataError(name, 1, f"a SIB-200 TSV needs the columns index_id, category, text; found {header}",
-                            "header", "unknown_format")
-        category_at, text_at = header.index("category"), header.index("text")
-
-        def records():
-            line_end = reader.line_num
-            for row in reader:
-                line, line_end = line_end + 1, reader.line_num  # a quoted record may span lines
-                yield line, row
-
-        for _, (line, row) in select_rows(records(), rows, name, "rows"):
+        needs = "a SIB-200 TSV needs the columns index_id, category, text"
+        for line, row in tsv_rows(handle, name, REQUIRED_COLUMNS, needs, rows, skip_invalid, stats,
+                                  strip_header=True):
+            category, text = row["category"].strip(), row["text"]
             try:
-                if len(row) < len(header):
-                    raise DataError(name, line, f"expected {len(header)} tab-separated columns, found {len(row)}",
-                                    None, "bad_row")
-                category, text = row[category_at].strip(), row[text_at]
                 if category not in LABELS_FA:
                     raise DataError(name, line, f"unknown SIB-200 label {category!r}; expected one of "
                                     f"{', '.join(LABELS_FA)}", "category", "bad_label")
