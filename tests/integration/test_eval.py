@@ -196,3 +196,24 @@ def test_loss_task_fused_head_in_a_bf16_run(tiny_model_dir, tmp_path, monkeypatc
     calls = _spy_fused_head(monkeypatch)
     fused = tasks.loss_task(load(str(run)), run, limit=3)
     assert calls and fused["loss"] == pytest.approx(full["loss"], abs=1e-3)  # bf16 logits round differently
+
+
+def test_a_checkpoint_is_evaluated_and_compared_like_a_run(tiny_model_dir, tmp_path):
+    """Learning curves: `fatune eval RUN/checkpoints/step-N` scores the run's own validation split, keeps its
+    metrics beside the checkpoint, and `compare` names it step-N; a second eval adds to the kept metrics."""
+    from fatune import train
+    from fatune.eval.report import compare
+
+    run = train(tiny_train_config(tiny_model_dir, tmp_path / "run", "lora")).out
+    checkpoint = run / "checkpoints" / "step-4"  # the last step: the same weights as final/
+    at_checkpoint = evaluate(str(checkpoint), "loss", limit=3)
+    at_final = evaluate(str(run), "loss", limit=3)
+    assert at_checkpoint["loss"]["rows"] == at_final["loss"]["rows"] == 3
+    assert at_checkpoint["loss"]["loss"] == pytest.approx(at_final["loss"]["loss"], abs=1e-4)
+    evaluate(str(checkpoint), "fidelity", limit=2, max_new_tokens=4)
+    kept = json.loads((checkpoint / "eval" / "metrics.json").read_text())
+    assert kept["loss"] == at_checkpoint["loss"] and kept["fidelity"]["n"] == 2  # both evaluations kept
+    compare([str(run), str(checkpoint)], tmp_path / "report", reference=str(run))
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["reference"] == "run" and set(data["gains"]) == {"step-4"}
+    assert data["gains"]["step-4"]["loss/bits_per_byte"]["delta"] == pytest.approx(0, abs=1e-3)

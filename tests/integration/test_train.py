@@ -71,6 +71,23 @@ def test_method_trains_and_final_reloads_with_the_same_logits(tmp_path, tiny_mod
         model = reloaded
         assert model.get_input_embeddings().weight is model.get_output_embeddings().weight  # still tied
         assert summary["tied"] is True
+    _check_last_checkpoint_loads_as_final(out, method, extra, ids)
+
+
+def _check_last_checkpoint_loads_as_final(out, method, extra, ids):
+    """A checkpoint loads for generation and eval (learning curves: `fatune eval RUN/checkpoints/step-N`)
+    and computes what final/ computes; embed_head on a subset of rows keeps its rows apart until final/."""
+    from fatune import load
+
+    checkpoint = out / "checkpoints" / "step-4"
+    if extra == ["method.rows=persian"]:
+        assert not (checkpoint / "fatune.json").exists()
+        return
+    assert json.loads((checkpoint / "fatune.json").read_text()) == json.loads((out / "final" / "fatune.json").read_text())
+    with torch.no_grad():
+        expected = load(str(out)).model(input_ids=ids).logits
+        got = load(str(checkpoint)).model(input_ids=ids).logits
+    assert torch.allclose(expected, got, atol=1e-5), (method, (expected - got).abs().max())
 
 
 def test_embed_head_persian_rows_leave_other_rows_identical(tmp_path, tiny_model_dir, tiny_tok):

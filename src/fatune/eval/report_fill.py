@@ -110,8 +110,11 @@ def missing(entry: dict, tasks: dict[str, tuple]) -> list[str]:
 def runs_precision(entries: list[dict]) -> str | None:
     """The precision the runs computed in (the first run recording one), for the base models."""
     for entry in entries:
-        meta = entry["run"] / "final" / "fatune.json" if entry["run"] else None
-        if meta and meta.exists():
+        if not entry["run"]:
+            continue
+        meta = entry["run"] / "final" / "fatune.json"
+        meta = meta if meta.exists() else entry["run"] / "fatune.json"  # a checkpoint's
+        if meta.exists():
             precision = json.loads(meta.read_text()).get("precision")
             if precision:
                 return precision

@@ -11,6 +11,7 @@ a report can evaluate the same task on another model with the same settings (``_
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -85,6 +86,8 @@ def run_dir_of(run_or_model: str) -> Path | None:
         return path
     if path.name == "final" and (path.parent / "config.yaml").exists():
         return path.parent
+    if path.parent.name == "checkpoints" and (path / "fatune.json").exists():
+        return path  # RUN/checkpoints/step-N: evaluated like a run (learning curves), its metrics kept beside it
     return None
 
 
@@ -151,6 +154,37 @@ def evaluate(run_or_model: str, tasks: str, limit: int | None = None, max_new_to
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
     if run_dir is not None:
-        (run_dir / "eval").mkdir(exist_ok=True)
-        (run_dir / "eval" / "metrics.json").write_text(text)
+        kept = run_dir / "eval" / "metrics.json"
+        kept.parent.mkdir(exist_ok=True)
+        earlier = json.loads(kept.read_text()) if kept.exists() else {}
+        tmp = kept.with_name(f".{kept.name}.tmp")
+        tmp.write_text(dumps(merge_metrics(earlier, results)))
+        os.replace(tmp, kept)  # a kill mid-write leaves the earlier metrics, not half a file
     return results
+
+
+def _task_settings(metrics: dict) -> dict[str, dict]:
+    """``{task: {spec, limit, max_new_tokens, batch_size}}``: what produced each task in ``metrics``."""
+    meta = metrics.get("_meta") or {}
+    common = {k: (meta.get("settings") or {}).get(k) for k in ("limit", "max_new_tokens", "batch_size")}
+    own = meta.get("task_settings") or {}
+    return {key: {"spec": (meta.get("tasks") or {}).get(key), **common, **(own.get(key) or {})}
+            for key in metrics if key != "_meta"}
+
+
+def merge_metrics(earlier: dict, new: dict) -> dict:
+    """A run's kept metrics after another ``fatune eval``: the new tasks replace theirs, the other earlier
+    tasks stay, and each task records its own spec and settings (``_meta.task_settings``), so that
+    ``compare`` evaluates other targets on it alike."""
+    kept = [key for key in earlier if key != "_meta" and key not in new]
+    if not kept:
+        return new
+    before, after = _task_settings(earlier), _task_settings(new)
+    meta = dict(new["_meta"])
+    settings = {**{key: before[key] for key in kept}, **after}
+    meta["tasks"] = {key: value["spec"] for key, value in settings.items()}
+    meta["task_settings"] = settings
+    filled = {key: value for key, value in ((earlier.get("_meta") or {}).get("filled") or {}).items() if key in kept}
+    if filled:
+        meta["filled"] = filled
+    return {**{key: earlier[key] for key in kept}, **{k: v for k, v in new.items() if k != "_meta"}, "_meta": meta}

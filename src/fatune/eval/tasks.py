@@ -34,6 +34,14 @@ from fatune.eval.choice import option_loglikelihoods, target_logprobs
 FARSTAIL_TEST_URL = "https://raw.githubusercontent.com/dml-qom/FarsTail/master/data/Test-word.csv"
 
 
+def run_config_of(run_dir: Path) -> Path | None:
+    """The ``config.yaml`` of a run dir, or of the run a checkpoint belongs to."""
+    for candidate in (run_dir / "config.yaml", run_dir.parent.parent / "config.yaml"):
+        if candidate.exists() and (candidate.parent == run_dir or run_dir.parent.name == "checkpoints"):
+            return candidate
+    return None
+
+
 def spread(items: list, limit: int | None) -> list:
     """At most ``limit`` items, evenly spaced over the whole list and in its order. Task files are often
     sorted (SIB-200's test split by topic, PQuAD by article), so the first N would test one topic or one
@@ -58,12 +66,13 @@ def _validation_rows(chat_model, run_dir: Path | None, path: str | None, limit: 
         rows = [(c.line, truncate(s, 2048)) for c, s in zip(conversations, samples)]
         return [{"id": str(line), "input_ids": r["input_ids"], "labels": r["labels"],
                  "position_ids": list(range(len(r["input_ids"])))} for line, r in rows if r is not None]
-    if run_dir is None or not (run_dir / "config.yaml").exists():
+    config_file = run_config_of(run_dir) if run_dir is not None else None
+    if config_file is None:
         raise FatuneError("loss needs a fatune run dir (its validation split) or loss:PATH")
     from fatune.config import load_config
     from fatune.data.prepare import prepare
 
-    val = prepare(load_config(run_dir / "config.yaml"), chat_model.tokenizer).val
+    val = prepare(load_config(config_file), chat_model.tokenizer).val
     return [{**val[i], "id": str(i)} for i in range(len(val) if limit is None else min(limit, len(val)))]
 
 
@@ -117,7 +126,7 @@ def loss_task(chat_model, run_dir: Path | None = None, path: str | None = None, 
     # Per row the summed nll (nats) and text bytes: bits per byte is a ratio of sums, so gains resample rows.
     return {"loss": round(mean, 5), "perplexity": round(metrics.perplexity(mean), 3),
             "bits_per_byte": round(metrics.bits_per_byte(nll, max(text_bytes, 1)), 5), "tokens": tokens,
-            "bytes": text_bytes, "rows": len(rows), "source": path or str(run_dir / "config.yaml"),
+            "bytes": text_bytes, "rows": len(rows), "source": path or str(run_config_of(run_dir)),
             "item_ids": [row["id"] for row in rows],
             "per_item": {"nll": [round(v, 4) for v in row_nlls], "bytes": row_bytes}}
 

@@ -20,20 +20,33 @@ from fatune.generation.loading import FATUNE_JSON
 from fatune.training.rundir import SUMMARY
 
 
+def run_meta(config, precision: str, template: str) -> dict:
+    """``fatune.json``: what generation needs to load the run's weights as trained (base model, method
+    and its settings, template, normalization, precision)."""
+    from fatune.models import resolve
+
+    return {"fatune_version": __version__, "method": config.method.name, "base_model": config.model.path,
+            "base_model_path": resolve(config.model.path), "tokenizer": config.model.tokenizer,
+            "template": template,
+            "normalize": config.data.normalize, "digits": config.data.digits,
+            "load_in_4bit": config.method.load_in_4bit, "precision": precision,
+            "method_config": config.method.model_dump(mode="json")}  # reload a 4-bit base exactly as trained
+
+
+def checkpoint_loads_as_final(config) -> bool:
+    """Whether a checkpoint's saved weights are what ``final/`` would hold. Not for embed_head on a subset
+    of rows: its checkpoints keep the trained rows apart, and only ``save_final`` merges them."""
+    return not (config.method.name == "embed_head" and config.method.rows != "all")
+
+
 def save_final(model, method, tokenizer, template, config, final: Path, precision: str) -> Path:
     """Write the artifact atomically (built in a temporary dir, then renamed to ``final``). ``precision``:
     what the run trained in (``train.precision`` as resolved), so generation computes as training did."""
-    from fatune.models import resolve
-
     model = method.merge(model) if hasattr(method, "merge") else model
     base_config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
     base_config.use_cache = True  # training turned it off; generation wants it
     tokenizer.chat_template = template.jinja
-    meta = {"fatune_version": __version__, "method": config.method.name, "base_model": config.model.path,
-            "base_model_path": resolve(config.model.path), "tokenizer": config.model.tokenizer,
-            "template": template.name, "normalize": config.data.normalize, "digits": config.data.digits,
-            "load_in_4bit": config.method.load_in_4bit, "precision": precision,
-            "method_config": config.method.model_dump(mode="json")}  # reload a 4-bit base exactly as trained
+    meta = run_meta(config, precision, template.name)
 
     def build(tmp: Path) -> None:
         model.save_pretrained(tmp)

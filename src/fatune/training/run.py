@@ -19,7 +19,7 @@ from fatune.errors import FatuneError
 from fatune.training import precision as precision_rules
 from fatune.training.callbacks import LossCurve, MetricsLog, Progress, read_metrics
 from fatune.training.collator import RowCollator
-from fatune.training.final import save_final, write_summary
+from fatune.training.final import checkpoint_loads_as_final, run_meta, save_final, write_summary
 from fatune.training.rundir import (
     RunLock,
     clear_run,
@@ -149,11 +149,14 @@ def train(config, overwrite: bool = False) -> TrainResult:
         val = prepared.val
         if config.eval.max_rows is not None and len(val) > config.eval.max_rows:
             val = val.select(range(config.eval.max_rows))
+        template = get_template(config.model.template, tokenizer)
+        meta = run_meta(config, settings.precision, template.name) if checkpoint_loads_as_final(config) else None
         trainer = FatuneTrainer(
             model=model, args=args, train_dataset=prepared.train, eval_dataset=val if len(val) else None,
             data_collator=RowCollator(tokenizer.pad_token_id, layout=layout_for(config)),
             processing_class=tokenizer, callbacks=[MetricsLog(out), LossCurve(out), *_tensorboard(out)],
-            run_dir=out, keep_checkpoints=config.train.save_total_limit, fused_head=config.train.fused_head)
+            run_dir=out, keep_checkpoints=config.train.save_total_limit, fused_head=config.train.fused_head,
+            checkpoint_meta=meta)
         _use_own_progress_bar(trainer)
         resume = latest_checkpoint(out)
         if resume is not None:
@@ -174,7 +177,6 @@ def train(config, overwrite: bool = False) -> TrainResult:
             final_eval = logged[-1]["eval_loss"] if logged else trainer.evaluate()["eval_loss"]
         summary = None
         if trainer.args.should_save:
-            template = get_template(config.model.template, tokenizer)
             save_final(trainer.model, method, tokenizer, template, config, out / "final", settings.precision)
             summary = write_summary(out, config, trainer, output, report, prepared, final_eval,
                                     time.perf_counter() - started, settings)

@@ -16,6 +16,7 @@ What it lacks, and is added here:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -28,6 +29,7 @@ from transformers.trainer_utils import unwrap_peft_model
 
 from fatune.errors import FatuneError
 from fatune.training import head
+from fatune.training.final import FATUNE_JSON
 from fatune.training.rundir import rotate
 
 
@@ -36,9 +38,12 @@ class NonFiniteLoss(FatuneError):
 
 
 class FatuneTrainer(Trainer):
-    def __init__(self, *args, run_dir: Path, keep_checkpoints: int | None, fused_head: bool = True, **kwargs):
+    def __init__(self, *args, run_dir: Path, keep_checkpoints: int | None, fused_head: bool = True,
+                 checkpoint_meta: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_dir = Path(run_dir)
+        # fatune.json in every checkpoint, so that `fatune eval RUN/checkpoints/step-N` works (learning curves)
+        self.checkpoint_meta = checkpoint_meta
         self.keep_checkpoints = keep_checkpoints
         self.fused_head = fused_head and head.install(unwrap_peft_model(self.model))
 
@@ -85,6 +90,8 @@ class FatuneTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             self.state.save_to_json(str(tmp / TRAINER_STATE_NAME))
+            if self.checkpoint_meta is not None:
+                (tmp / FATUNE_JSON).write_text(json.dumps(self.checkpoint_meta, indent=2, ensure_ascii=False))
             if final.exists():  # the same step saved again (Ctrl-C right after a periodic save)
                 shutil.rmtree(final)
             os.replace(tmp, final)
