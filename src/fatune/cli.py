@@ -119,6 +119,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_arena(args: argparse.Namespace) -> int:
+    from fatune.eval.arena import write_leaderboard
+
+    written = write_leaderboard(args.votes, args.out, bootstrap=args.bootstrap, seed=args.seed)
+    print(f"fatune: wrote {written}, {written.with_suffix('.md')} and {written.with_suffix('.png')}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise FatuneError("fatune serve needs the serve extra: pip install 'fatune[serve]' "
+                          "(fastapi and uvicorn)") from None
+    from fatune.serve import Limits, serve
+
+    limits = Limits(max_request_bytes=args.max_request_bytes, max_messages=args.max_messages,
+                    max_tokens=args.max_tokens_limit, max_message_chars=args.max_message_chars,
+                    default_max_tokens=min(Limits.default_max_tokens, args.max_tokens_limit))
+    serve(args.targets, host=args.host, port=args.port, api_key=args.api_key, votes=args.votes, limits=limits,
+          max_batch=args.max_batch, queue_limit=args.queue_limit)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fatune.demo import run_demo
 
@@ -154,6 +179,14 @@ def cmd_bench_head(args: argparse.Namespace) -> int:
     from fatune.bench.head import bench_head
 
     bench_head(args.tokens, repeats=args.repeats, out=args.out, command=args.command_line)
+    return 0
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from fatune.bench.serve import bench_serve
+
+    bench_serve(args.target, args.clients, args.requests_per_client, args.max_tokens, args.prompt, args.max_batch,
+                args.out, args.command_line)
     return 0
 
 
@@ -214,6 +247,20 @@ def _bench_parsers(verbs) -> None:
     head.add_argument("--repeats", type=int, default=2, help="timed runs per variant; the best is kept (default 2)")
     head.add_argument("--out", "--json", help="also write the JSON report here")
     head.set_defaults(func=cmd_bench_head)
+
+    serve = bench_verbs.add_parser("serve", help="fatune serve under concurrent streaming clients: time to first "
+                                   "token, aggregate and per-client tokens/s")
+    serve.add_argument("target", nargs="?", default="pypi:gemma-3-270m", metavar="MODEL_OR_RUN",
+                       help="a run dir, base model or adapter, as fatune serve takes it (default pypi:gemma-3-270m)")
+    serve.add_argument("--clients", default="1,8", help="comma-separated concurrent client counts (default 1,8)")
+    serve.add_argument("--requests-per-client", type=int, default=4,
+                       help="requests each client sends, one after another (default 4)")
+    serve.add_argument("--max-tokens", type=int, default=64, help="max_tokens of every request (default 64)")
+    serve.add_argument("--prompt", action="append", metavar="TEXT",
+                       help="a user prompt to send instead of the built-in Persian set (repeatable)")
+    serve.add_argument("--max-batch", type=int, default=8, help="the server's --max-batch (default 8)")
+    serve.add_argument("--out", "--json", help="also write the JSON report here")
+    serve.set_defaults(func=cmd_bench_serve)
 
     train = bench_verbs.add_parser("train", help="fatune vs TRL (trl-default, trl-best) on identical training work")
     train.add_argument("--model", default="pypi:gemma-3-270m", help="base model (default pypi:gemma-3-270m)")
@@ -315,12 +362,39 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: the first base model, else the first target)")
     comparison.set_defaults(func=cmd_compare)
 
+    arena = verbs.add_parser("arena", help="leaderboard from arena votes: Bradley-Terry ratings with bootstrap CIs, "
+                             "win rates (leaderboard.json, .md, .png)")
+    arena.add_argument("votes", help="votes file (JSONL, as fatune serve writes it)")
+    arena.add_argument("--out", default="arena", help="output directory (default ./arena)")
+    arena.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default 1000)")
+    arena.add_argument("--seed", type=int, default=0)
+    arena.set_defaults(func=cmd_arena)
+
     demo = verbs.add_parser("demo", help="offline CPU demo: train four methods on Gemma 3 270M, evaluate, compare")
     demo.add_argument("--out", default="runs/demo", help="where runs and the report go (default runs/demo)")
-    demo.add_argument("--steps", type=int, default=90, help="training steps per method (default 90)")
+    demo.add_argument("--steps", type=int, default=70, help="training steps per method (default 70)")
     demo.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                       help="train.precision of every run (default auto: bf16 mixed precision where the CPU is fast at it)")
     demo.set_defaults(func=cmd_demo)
+
+    served = verbs.add_parser("serve", help="OpenAI-compatible API, chat and arena pages for runs and models")
+    served.add_argument("targets", nargs="+", metavar="RUN_OR_MODEL",
+                        help="fatune run dirs, base models or adapters; NAME=PATH_OR_ID names one (default id: "
+                        "a run's folder name, or the string given)")
+    served.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    served.add_argument("--port", type=int, default=8000)
+    served.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 and /arena")
+    served.add_argument("--votes", default="votes.jsonl", help="the arena's votes file (default votes.jsonl)")
+    served.add_argument("--max-batch", type=int, default=8, help="requests generated together per model (default 8)")
+    served.add_argument("--queue-limit", type=int, default=32,
+                        help="waiting requests per model; more get HTTP 429 (default 32)")
+    served.add_argument("--max-tokens-limit", type=int, default=1024,
+                        help="the largest max_tokens a request may ask for (default 1024)")
+    served.add_argument("--max-messages", type=int, default=64, help="messages per request (default 64)")
+    served.add_argument("--max-message-chars", type=int, default=16000,
+                        help="characters per message (default 16000)")
+    served.add_argument("--max-request-bytes", type=int, default=65536, help="request body size (default 65536)")
+    served.set_defaults(func=cmd_serve)
 
     export = verbs.add_parser("export", help="a standalone model dir (LoRA/QLoRA merged) for serving")
     export.add_argument("run", help="a finished fatune run dir")

@@ -22,16 +22,20 @@ def virtual_token_embeddings(peft_model) -> torch.Tensor:
     return peft_model.get_prompt(batch_size=1)[0]
 
 
-def ptuning_inputs(peft_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, placeholder: int):
+def ptuning_inputs(peft_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, placeholder: int,
+                   virtual: torch.Tensor | None = None):
     """``input_ids``, ``inputs_embeds`` and ``attention_mask`` for left-padded ``input_ids``, with the virtual
     tokens after each row's padding, exactly where PEFT puts them for an unpadded prompt.
 
     The ids carry ``placeholder`` (the pad id) at the virtual positions: ``generate`` needs ids as long
     as the embeddings to track the prompt, which a repetition penalty reads (with embeddings alone it
-    would penalize only new tokens, unlike the reference path)."""
+    would penalize only new tokens, unlike the reference path).
+
+    ``virtual`` is the run's ``virtual_token_embeddings``, when computed ahead (``fatune serve`` computes it
+    once per run and passes the *base* model as ``peft_model``: only its word embeddings are used then)."""
     embed = peft_model.get_input_embeddings()  # the base's (scaled) word embeddings, as PEFT uses them
     tokens = embed(input_ids)
-    virtual = virtual_token_embeddings(peft_model).to(tokens.dtype)
+    virtual = (virtual_token_embeddings(peft_model) if virtual is None else virtual).to(tokens.dtype)
     n_virtual = virtual.shape[0]
     ids, rows, masks = [], [], []
     for row_ids, row, mask in zip(input_ids, tokens, attention_mask):
@@ -44,7 +48,16 @@ def ptuning_inputs(peft_model, input_ids: torch.Tensor, attention_mask: torch.Te
 
 def generate_ptuning_cached(peft_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **settings):
     """Greedy/beam/sampled generation with a KV cache; returns only the new tokens."""
-    ids, inputs_embeds, mask = ptuning_inputs(peft_model, input_ids, attention_mask, settings["pad_token_id"])
-    out = peft_model.get_base_model().generate(input_ids=ids, inputs_embeds=inputs_embeds, attention_mask=mask,
-                                               use_cache=True, **settings)
+    return generate_with_virtual(peft_model.get_base_model(), virtual_token_embeddings(peft_model), input_ids,
+                                 attention_mask, **settings)
+
+
+def generate_with_virtual(base_model, virtual: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          **settings):
+    """``generate_ptuning_cached`` with the virtual tokens computed ahead, on the base model alone (the one
+    a server shares between runs); returns only the new tokens."""
+    ids, inputs_embeds, mask = ptuning_inputs(base_model, input_ids, attention_mask, settings["pad_token_id"],
+                                              virtual)
+    out = base_model.generate(input_ids=ids, inputs_embeds=inputs_embeds, attention_mask=mask, use_cache=True,
+                              **settings)
     return out[:, ids.shape[1]:]
