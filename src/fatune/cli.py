@@ -199,7 +199,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 
 def _bench_parsers(verbs) -> None:
-    """``fatune bench data|embed|generate``: figures for docs/benchmarks.md (table on stdout, JSON with --out)."""
+    """``fatune bench data|embed|generate|head|serve|train``: figures for docs/benchmarks.md (table on stdout, JSON with --out)."""
     bench = verbs.add_parser("bench", help="benchmarks: print a table, write JSON with the machine and versions")
     bench_verbs = bench.add_subparsers(dest="bench_verb", required=True)
 
