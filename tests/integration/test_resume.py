@@ -19,9 +19,17 @@ def write_config(path, model_dir, out, *overrides):
     return path
 
 
+def _default_sigint() -> None:
+    # A test run started in the background by a non-interactive shell (`pytest ... &`, as CI scripts may do)
+    # ignores SIGINT, children inherit that, and Python then installs no KeyboardInterrupt handler: restore
+    # the default so the child meets Ctrl-C as a user's terminal would deliver it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def fatune_train(config, *extra, **popen):
     return subprocess.Popen([sys.executable, "-m", "fatune", "train", str(config), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint, **popen)
 
 
 def wait_for(path, process, timeout=120):
