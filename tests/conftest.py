@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny sample-trained tokenizer, the real Gemma 3 tokenizer, a CLI runner."""
+"""Shared fixtures: the tiny sample-trained tokenizer, the real Gemma 3 tokenizer, a CLI runner, and
+``shared_path()`` for the few tests that need ``../shared``."""
 
 from __future__ import annotations
 
@@ -11,9 +12,28 @@ from pathlib import Path
 
 import pytest
 
+from fatune.data.sources import tasks_dir
+
+# The developers' and CI's shared folder beside the repository (full task data, the seed's prompts). A fresh
+# clone has none: tests reach it only through shared_path(), which skips there and fails in CI.
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FARSTAIL = SHARED / "data" / "farstail"
-SEED_PROMPTS = SHARED / "seed" / "prompts.jsonl"
+REQUIRE_SHARED = "FATUNE_REQUIRE_SHARED"
+# FarsTail's whole test split as bundled with fatune (Apache-2.0, LICENSE beside it): the same bytes as
+# ../shared/data/farstail/test.tsv (tests/unit/test_task_loaders.py checks that where ../shared exists).
+FARSTAIL_TEST = tasks_dir() / "farstail" / "test.tsv"
+
+
+def shared_path(relative: str) -> Path:
+    """``../shared/RELATIVE``, for a test that needs the developers' shared folder. Where it is missing (a fresh
+    clone) the test skips with a reason that names it; with ``FATUNE_REQUIRE_SHARED=1`` (set by ``.ci/run``,
+    where ../shared exists) it fails instead, so CI never skips these tests silently."""
+    path = SHARED / relative
+    if path.exists():
+        return path
+    reason = f"needs ../shared/{relative} (the developers' shared folder; absent on a fresh clone)"
+    if os.environ.get(REQUIRE_SHARED) == "1":
+        pytest.fail(f"{reason}, and {REQUIRE_SHARED}=1 requires it (looked at {path})", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import CONVERSATION, FARSTAIL, write_jsonl
+from conftest import CONVERSATION, FARSTAIL_TEST, write_jsonl
 
 from fatune.cli import main
 from fatune.eval.run import evaluate, parse_tasks
@@ -50,7 +50,7 @@ def results(tiny_model_dir, tmp_path_factory):
         {"question": "۲+۲ چند می‌شود؟", "candidates": ["سه", "چهار"], "answer": 2}])
     loss = write_jsonl(tmp / "val.jsonl", [CONVERSATION, CONVERSATION])
     tasks = (f"qa:{squad(tmp / 'squad.json')},sib200:{sib200(tmp / 'sib.tsv')},translate:{pair(tmp)},mc:{mc},"
-             f"fidelity,loss:{loss},farstail:{FARSTAIL / 'test.tsv'}")
+             f"fidelity,loss:{loss},farstail:{FARSTAIL_TEST}")
     out = tmp / "metrics.json"
     return evaluate(str(tiny_model_dir), tasks, limit=3, max_new_tokens=4, out=out), out, tasks
 
@@ -98,7 +98,7 @@ def test_every_task_has_what_gains_need(results):
 
 def test_selectors_and_limit(tiny_model_dir, tmp_path):
     tasks = (f"qa:{squad(tmp_path / 'squad.json')}#1:2,sib200:{sib200(tmp_path / 'sib.tsv')}#1:3,"
-             f"translate:{pair(tmp_path)}#1:3,farstail:{FARSTAIL / 'test.tsv'}#2:4")
+             f"translate:{pair(tmp_path)}#1:3,farstail:{FARSTAIL_TEST}#2:4")
     metrics = evaluate(str(tiny_model_dir), tasks, limit=1, max_new_tokens=2)
     assert metrics["qa:squad"]["item_ids"] == ["q3"]                 # the second article
     assert metrics["sib200:sib"]["item_ids"] == ["3"]                # rows 1-2 (0-based), then --limit 1

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import SEED_PROMPTS, run_cli, write_jsonl
+from conftest import run_cli, write_jsonl
 
 
 def test_generate_writes_one_line_per_prompt(tiny_runs, tmp_path):
@@ -49,7 +49,7 @@ def test_rtl_display_reorders_persian_lines():
 
 @pytest.mark.parametrize("args, message", [
     (["generate", "/no/such/run", "--prompts", "P", "--out", "O"], "/no/such/run: no such run or model directory"),
-    (["generate", "RUN", "--prompts", str(SEED_PROMPTS), "--out", "O"], "prompts.jsonl:21: expected a 'user' turn"),
+    (["generate", "RUN", "--prompts", "BAD", "--out", "O"], "prompts.jsonl:21: expected a 'user' turn"),
     (["generate", "RUN", "--prompts", "P", "--out", "O", "--preset", "creative"], "unknown preset 'creative'"),
     (["chat", "RUN", "--preset", "creative"], "unknown preset 'creative'"),
     (["export", "/no/such/run", "--out", "O"], "/no/such/run: no such run directory"),
@@ -60,7 +60,13 @@ def test_bad_input_is_one_line_and_exit_2(tiny_runs, tmp_path, args, message):
     unfinished = tmp_path / "unfinished"
     (unfinished / "checkpoints").mkdir(parents=True)
     (unfinished / "config.yaml").write_text("{}")
-    swap = {"RUN": str(tiny_runs["lora"]), "P": str(prompts), "O": str(tmp_path / "o"), "UNFINISHED": str(unfinished)}
+    # Like the seed's prompts file (../shared/seed, not in the repo): its last two prompts give their system
+    # prompt the role "assistant".
+    hello = {"role": "user", "content": "سلام"}
+    wrong_role = {"messages": [{"role": "assistant", "content": "شما یک دستیار هستید."}, hello]}
+    bad = write_jsonl(tmp_path / "prompts.jsonl", [{"messages": [hello]}] * 20 + [wrong_role] * 2)
+    swap = {"RUN": str(tiny_runs["lora"]), "P": str(prompts), "O": str(tmp_path / "o"), "UNFINISHED": str(unfinished),
+            "BAD": str(bad)}
     result = run_cli(*[swap.get(a, a) for a in args])
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("fatune: error:")]

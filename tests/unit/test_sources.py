@@ -2,7 +2,7 @@
 
 
 import pytest
-from conftest import CONVERSATION, FARSTAIL, MULTI_TURN, run_cli, write_jsonl
+from conftest import CONVERSATION, FARSTAIL_TEST, MULTI_TURN, run_cli, shared_path, write_jsonl
 
 from fatune.data import load_conversations, sample_path
 from fatune.data.farstail import ANSWERS, OPTIONS
@@ -60,18 +60,19 @@ def test_parquet_reports_row_numbers(tmp_path):
 
 @pytest.mark.parametrize("split, rows", [("train", 7266), ("val", 1537), ("test", 1564)])
 def test_farstail_counts(split, rows):
-    assert sum(1 for _ in load_conversations(FARSTAIL / f"{split}.tsv")) == rows
+    # The full splits (the bundled subsets are counted in test_task_loaders.py).
+    assert sum(1 for _ in load_conversations(shared_path(f"data/farstail/{split}.tsv"))) == rows
 
 
 def test_farstail_conversation_shape():
-    first = next(load_conversations(FARSTAIL / "val.tsv"))
+    first = next(load_conversations(FARSTAIL_TEST))
     system, user, assistant = first.messages
     assert system["role"] == "system" and user["role"] == "user" and assistant["role"] == "assistant"
     premise, question, hypothesis, options = user["content"].split("\n")
-    assert premise.startswith("یکی از سرآمدانی") and options == OPTIONS
-    assert hypothesis.startswith("کتاب مگیستی")
-    assert assistant["content"] == ANSWERS["e"] == "1. بله"
-    labels = {c.messages[-1]["content"] for c in load_conversations(FARSTAIL / "val.tsv")}
+    assert premise.startswith("دوران امامت امام صادق") and options == OPTIONS
+    assert hypothesis.startswith("امام سجاد (ع)")
+    assert assistant["content"] == ANSWERS["c"] == "3. خیر"
+    labels = {c.messages[-1]["content"] for c in load_conversations(FARSTAIL_TEST)}
     assert labels == {"1. بله", "2. نمی‌توان گفت", "3. خیر"}
 
 

@@ -1,10 +1,9 @@
 """Task-data loaders (SQuAD, SIB-200, translation pairs), the #START:END selector and the bundled subsets."""
 
 import json
-from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_jsonl
+from conftest import FARSTAIL_TEST, run_cli, shared_path, write_jsonl
 
 from fatune.data import LoadStats, load_conversations
 from fatune.data.sib200 import LABELS_FA, read_sib200
@@ -13,7 +12,6 @@ from fatune.data.squad import NO_ANSWER, read_squad
 from fatune.data.translation import read_pairs
 from fatune.errors import DataError, FatuneError
 
-SHARED = Path(__file__).parents[2].parent / "shared"
 QA_HEAD = ("متن زیر را بخوانید و با عبارتی کوتاه از خود متن به پرسش پاسخ دهید. "
            "اگر پاسخ در متن نیست، بنویسید: «پاسخ این پرسش در متن نیامده است.»")
 CONTEXT = "تهران پایتخت ایران است و در شمال کشور قرار دارد."
@@ -181,13 +179,18 @@ def test_tasks_alias_and_bundled_files_load():
         _messages("fatune:tasks/pquad/nope.json")
 
 
-@pytest.mark.skipif(not (SHARED / "data").is_dir(), reason="needs ../shared/data (the full task data)")
 def test_full_pquad_validation_is_clean_and_the_heldout_subset_matches_it():
-    full = list(load_conversations(SHARED / "data" / "pquad" / "validation.json"))
+    validation = shared_path("data/pquad/validation.json")
+    full = list(load_conversations(validation))
     assert len(full) == 7976 and sum(c.messages[-1]["content"] == NO_ANSWER for c in full) == 1981
-    heldout = [c.messages for c in load_conversations(f"{SHARED / 'data' / 'pquad' / 'validation.json'}#100:120")]
+    heldout = [c.messages for c in load_conversations(f"{validation}#100:120")]
     assert heldout == [c.messages for c in load_conversations("fatune:tasks/pquad/heldout.json")]
     assert len({c.group for c in full}) == 120
+
+
+def test_bundled_farstail_test_split_is_the_full_one():
+    # Tests use the bundled copy (conftest.FARSTAIL_TEST) in place of ../shared/data/farstail/test.tsv.
+    assert FARSTAIL_TEST.read_bytes() == shared_path("data/farstail/test.tsv").read_bytes()
 
 
 def test_cli_inspects_task_data_and_fails_in_one_line(tmp_path):

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import CONVERSATION, SEED_PROMPTS, run_cli, write_jsonl
+from conftest import CONVERSATION, run_cli, shared_path, write_jsonl
 
 from fatune.data import LoadStats, load_conversations
 from fatune.errors import DataError
@@ -82,10 +82,12 @@ def test_cli_skip_invalid_reports_counts_and_exits_0(tmp_path):
 
 
 def test_seed_prompts_reject_the_system_prompt_given_the_assistant_role():
-    # The seed's last two prompts give their system prompt the role "assistant" (shared/README.md).
-    result = run_cli("data", "inspect", SEED_PROMPTS, "--prompts")
+    # The seed's last two prompts give their system prompt the role "assistant" (shared/README.md). The file has
+    # no license to copy it into the repo; the same mistake in a file of our own is tested above ("bad_order").
+    seed_prompts = shared_path("seed/prompts.jsonl")
+    result = run_cli("data", "inspect", seed_prompts, "--prompts")
     assert result.returncode == 2
-    assert f"{SEED_PROMPTS}:21: expected a 'user' turn first, found 'assistant'" in result.stderr
+    assert f"{seed_prompts}:21: expected a 'user' turn first, found 'assistant'" in result.stderr
     stats = LoadStats()
-    assert len(list(load_conversations(SEED_PROMPTS, purpose="prompt", skip_invalid=True, stats=stats))) == 20
+    assert len(list(load_conversations(seed_prompts, purpose="prompt", skip_invalid=True, stats=stats))) == 20
     assert stats.skipped == {"bad_order": 2}
