@@ -94,8 +94,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from fatune.export import export
 
-    out = export(args.run, args.out, merge=args.merge, push_to_hub=args.push_to_hub)
-    print(f"fatune: exported {args.run} to {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
+    out = export(args.run, args.out, merge=args.merge, push_to_hub=args.push_to_hub, format=args.format,
+                 outtype=args.outtype)
+    what = f" as GGUF ({args.outtype or 'f16'}, {out / 'model.gguf'})" if args.format == "gguf" else ""
+    pushed = f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""
+    print(f"fatune: exported {args.run} to {out}{what}{pushed}")
     return 0
 
 
@@ -372,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = verbs.add_parser("demo", help="offline CPU demo: train four methods on Gemma 3 270M, evaluate, compare")
     demo.add_argument("--out", default="runs/demo", help="where runs and the report go (default runs/demo)")
-    demo.add_argument("--steps", type=int, default=70, help="training steps per method (default 70)")
+    demo.add_argument("--steps", type=int, default=75, help="training steps per method (default 75)")
     demo.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                       help="train.precision of every run (default auto: bf16 mixed precision where the CPU is fast at it)")
     demo.set_defaults(func=cmd_demo)
@@ -396,11 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
     served.add_argument("--max-request-bytes", type=int, default=65536, help="request body size (default 65536)")
     served.set_defaults(func=cmd_serve)
 
-    export = verbs.add_parser("export", help="a standalone model dir (LoRA/QLoRA merged) for serving")
-    export.add_argument("run", help="a finished fatune run dir")
+    export = verbs.add_parser("export", help="a standalone model dir (LoRA/QLoRA merged) or a GGUF for serving")
+    export.add_argument("run", help="a finished fatune run dir (with --format gguf also a base model dir or pypi: alias)")
     export.add_argument("--out", required=True)
     export.add_argument("--merge", action=argparse.BooleanOptionalAction, default=None,
                         help="merge LoRA/QLoRA into the base (default for those methods)")
+    export.add_argument("--format", choices=("safetensors", "gguf"), default="safetensors",
+                        help="safetensors (an HF model dir, default) or gguf (llama.cpp, Ollama, LM Studio)")
+    export.add_argument("--outtype", choices=("f32", "f16", "bf16", "q8_0"),
+                        help="GGUF weight type (default f16); norms stay f32")
     export.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the export to the Hugging Face Hub")
     export.set_defaults(func=cmd_export)
 

