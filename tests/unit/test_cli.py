@@ -5,7 +5,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from conftest import FARSTAIL, run_cli
+from conftest import FARSTAIL_TEST, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,9 +28,10 @@ def test_inspect_sample_with_a_tokenizer_marks_trained_tokens(tiny_tok_dir):
 
 
 def test_inspect_json_report(tiny_tok_dir):
-    result = run_cli("data", "inspect", FARSTAIL / "val.tsv", "--tokenizer", tiny_tok_dir, "--json", "-n", "0")
+    result = run_cli("data", "inspect", FARSTAIL_TEST, "--tokenizer", tiny_tok_dir, "--json", "-n", "0")
     report = json.loads(result.stdout)
-    assert report["conversations"] == 1537 and report["turns"] == {"system": 1537, "user": 1537, "assistant": 1537}
+    assert report["conversations"] == 1564
+    assert report["turns"] == {"system": 1564, "user": 1564, "assistant": 1564}
     assert report["persian_share"]["assistant"] == 1.0 and report["fertility"] > 1
 
 
@@ -45,8 +46,8 @@ def test_prepare_writes_train_and_val_splits(tmp_path, tiny_tok_dir):
     report = json.loads((out / "data" / "report.json").read_text())
     assert len(splits["train"]) == report["train"]["rows"] > 0 and len(splits["val"]) == report["val"]["rows"] > 0
     sample = report["sources"][0]  # the demo mix: the bundled sample first, then the task subsets
-    # count: 26 of the sample's 151 training chats; its validation split (10 %) is kept whole
-    assert sample["path"] == "fatune:sample" and (sample["train"], sample["val"]) == (26, 17) and len(report["sources"]) == 5
+    # count: 16 of the sample's 151 training chats; its validation split (10 %) is kept whole
+    assert sample["path"] == "fatune:sample" and (sample["train"], sample["val"]) == (16, 17) and len(report["sources"]) == 4
 
 
 def test_hub_tokenizer_offline_is_one_clear_error(tmp_path):
