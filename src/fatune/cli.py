@@ -375,7 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = verbs.add_parser("demo", help="offline CPU demo: train four methods on Gemma 3 270M, evaluate, compare")
     demo.add_argument("--out", default="runs/demo", help="where runs and the report go (default runs/demo)")
-    demo.add_argument("--steps", type=int, default=75, help="training steps per method (default 75)")
+    from fatune.demo import DEMO_STEPS  # light: the demo module imports torch only when it runs
+
+    demo.add_argument("--steps", type=int, default=DEMO_STEPS,
+                      help=f"training steps per method (default {DEMO_STEPS})")
     demo.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                       help="train.precision of every run (default auto: bf16 mixed precision where the CPU is fast at it)")
     demo.set_defaults(func=cmd_demo)

@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 
 BUNDLED_NTREX = "fatune:tasks/ntrex/eng-US.txt+fatune:tasks/ntrex/fas.txt"
+# Training steps per method, the default of `fatune demo --steps` (configs/demo/*.yaml mirror it in max_steps).
+DEMO_STEPS = 75
 # The training mix. NTREX lines 0-799 and PQuAD articles 0-29 train; lines 800-999 and articles 100-119
 # (pquad/heldout.json) are held out, so no evaluated sentence or passage was seen in training. SIB-200 and
 # FarsTail train on their train splits and are scored on their test splits.
@@ -89,7 +91,7 @@ def evaluate_demo_target(target: str, chat_model, loss_run: str, tasks=DEMO_TASK
     return results
 
 
-def run_demo(out: str | Path = "runs/demo", steps: int = 75, model: str = "pypi:gemma-3-270m",
+def run_demo(out: str | Path = "runs/demo", steps: int = DEMO_STEPS, model: str = "pypi:gemma-3-270m",
              methods=tuple(METHODS), max_length: int = 512, precision: str = "auto", tasks=DEMO_TASKS,
              sources: list[dict] | None = None) -> Path:
     """Run the whole demo into ``out``; return the path of ``report.html``."""
