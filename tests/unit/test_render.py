@@ -139,6 +139,19 @@ def test_render_batch_equals_render(tok):
     assert render_batch(CONVERSATIONS, tok, "gemma") == [render(c, tok, "gemma") for c in CONVERSATIONS]
 
 
+def test_rendering_from_many_threads_gives_the_sequential_ids(tok):
+    # fatune serve renders prompts on a thread pool. A fast tokenizer keeps split_special_tokens as state
+    # on its Rust tokenizer, set per call: without render's lock, one thread's content call splits another
+    # thread's markup (<start_of_turn> became several ids) and that request got a different answer.
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = [render_prompt(c, tok, "gemma") for c in CONVERSATIONS]
+    jobs = [i % len(CONVERSATIONS) for i in range(400)]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: render_prompt(CONVERSATIONS[i], tok, "gemma"), jobs))
+    assert got == [expected[i] for i in jobs]
+
+
 def test_render_accepts_messages_dicts_and_conversations(tiny_tok):
     from fatune.data import Conversation
 

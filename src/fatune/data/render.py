@@ -13,12 +13,18 @@ preparing 50,000 conversations take seconds rather than minutes.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Iterable, Literal, Sequence
 
 from fatune.data.templates import ChatTemplate, Piece, get_template
 
 IGNORE = -100
 TrainOn = Literal["assistant", "all"]
+# A fast tokenizer's call sets ``split_special_tokens`` (and padding/truncation) as state on its shared Rust
+# tokenizer before encoding (transformers 5.24). Calls from two threads (fatune serve renders prompts on a
+# thread pool) then mix: one thread's content call split the other's ``<start_of_turn>`` markup into pieces.
+# Rendering holds this lock around its tokenizer calls; it is uncontended outside serving.
+_TOKENIZER_LOCK = threading.Lock()
 
 
 def as_messages(conversation: Any) -> list[dict]:
@@ -52,9 +58,12 @@ def render_batch(conversations: Iterable[Any], tokenizer, template: str | ChatTe
     template = get_template(template, tokenizer)
     all_pieces = [template.pieces(as_messages(c), add_generation_prompt) for c in conversations]
     contents = [p.text for pieces in all_pieces for p in pieces if not p.markup]
-    content_ids = iter(tokenizer(contents, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-                       if contents else [])
     markup = _MarkupCache(tokenizer)
+    with _TOKENIZER_LOCK:
+        content_ids = iter(tokenizer(contents, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                           if contents else [])
+        for piece in (p for pieces in all_pieces for p in pieces if p.markup):
+            markup(piece.text)
     samples = []
     for pieces in all_pieces:
         input_ids, labels = [], []
