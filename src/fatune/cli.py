@@ -47,10 +47,10 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from fatune import train  # fatune.train honours model.allow_pickle
     from fatune.config import load_config
-    from fatune.training import train
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, [*args.overrides, *(["model.allow_pickle=true"] if args.allow_pickle else [])])
     _quiet_progress_bars()
     out = train(config, overwrite=args.overwrite).out
     print(f"fatune: finished; the model is in {out / 'final'} and the summary in {out / 'train_summary.json'}")
@@ -293,6 +293,13 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", choices=["auto", "gemma", "chatml", "hf"], help="chat template (default: the run's)")
     parser.add_argument("--preset", default="greedy", help="greedy | sample | seed (default greedy)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 256")
+    _allow_pickle_argument(parser)
+
+
+def _allow_pickle_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="also load model directories whose weights are pickle files only (pytorch_model.bin); "
+                        "a pickle can run code when loaded, so only for files you trust")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config (sections model, data, method, train, eval, output)")
     train.add_argument("overrides", nargs="*", help="dotted.key=value overrides, applied left to right")
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in output.dir")
+    _allow_pickle_argument(train)  # the same as model.allow_pickle=true
     train.set_defaults(func=cmd_train)
 
     generate = verbs.add_parser("generate", help="answer a file of prompts in batches")
@@ -352,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="new tokens per answer (default: each task's own: fidelity 128, qa 32, translate 128)")
     evaluation.add_argument("--batch-size", type=int, default=6)
     evaluation.add_argument("--out", help="also write the metrics JSON here")
+    _allow_pickle_argument(evaluation)
     evaluation.set_defaults(func=cmd_eval)
 
     comparison = verbs.add_parser("compare", help="comparison report (gains with CIs, tables, charts, side-by-side "
@@ -363,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--max-new-tokens", type=int, default=96)
     comparison.add_argument("--reference", help="the target gains are measured against, by name or path "
                             "(default: the first base model, else the first target)")
+    _allow_pickle_argument(comparison)
     comparison.set_defaults(func=cmd_compare)
 
     arena = verbs.add_parser("arena", help="leaderboard from arena votes: Bradley-Terry ratings with bootstrap CIs, "
@@ -400,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     served.add_argument("--max-message-chars", type=int, default=16000,
                         help="characters per message (default 16000)")
     served.add_argument("--max-request-bytes", type=int, default=65536, help="request body size (default 65536)")
+    _allow_pickle_argument(served)
     served.set_defaults(func=cmd_serve)
 
     export = verbs.add_parser("export", help="a standalone model dir (LoRA/QLoRA merged) or a GGUF for serving")
@@ -412,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--outtype", choices=("f32", "f16", "bf16", "q8_0"),
                         help="GGUF weight type (default f16); norms stay f32")
     export.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the export to the Hugging Face Hub")
+    _allow_pickle_argument(export)
     export.set_defaults(func=cmd_export)
 
     _bench_parsers(verbs)
@@ -449,6 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["fatune", *argv])  # the benchmarks record the exact command
     try:
+        if getattr(args, "allow_pickle", False):
+            from fatune.models import pickle_allowed
+
+            with pickle_allowed():
+                return args.func(args)
         return args.func(args)
     except FatuneError as error:
         print(f"fatune: error: {error}" if "\n" not in str(error) else f"fatune: error:\n{error}", file=sys.stderr)
@@ -456,6 +473,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fatune: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        # Writers that go through fatune.fsutil raise DiskFullError (a FatuneError, above); a full disk anywhere
+        # else (a library's own write) is still one line, not a traceback from deep inside it.
+        from fatune.fsutil import is_disk_full
+
+        if not is_disk_full(error):
+            raise
+        where = f" writing {error.filename}" if getattr(error, "filename", None) else ""
+        print(f"fatune: error: no space left on device{where}: {str(error).strip().splitlines()[0][:200]}; "
+              "free some space and run the command again", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any, Literal, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fatune.data.validate import short_repr
 from fatune.errors import FatuneError
 
 
@@ -34,6 +35,10 @@ class ModelConfig(Section):
     installed, else ``fatune_varlen`` (sdpa, or eager math for Gemma 2's soft-capping, once per packed
     conversation); otherwise Gemma 2 gets eager (never sdpa: it ignores soft-capping) and other models
     transformers' default."""
+    allow_pickle: bool = False
+    """Load a model directory whose weights are pickle files only (``pytorch_model.bin``). Off: such a directory
+    is refused, because loading a pickle can run code; fatune loads safetensors only. Turn it on (or pass
+    ``--allow-pickle``) only for files you trust."""
 
 
 DEFAULT_DATA_PATH = "fatune:sample"
@@ -262,10 +267,31 @@ def _unknown_key_error(key: str, where: str) -> FatuneError:
     return FatuneError(f"{where}: unknown config key {key!r}{hint}")
 
 
+def _yaml_problem(error: BaseException, text: str | None = None) -> tuple[int | None, str]:
+    """``(line, problem)`` of a YAML parse failure, for one-line messages: str(YAMLError) spans several lines
+    (problem, context, a caret under the source line), which broke the CLI's one-line error (found by fuzzing)."""
+    if isinstance(error, RecursionError):  # PyYAML recurses once per nesting level
+        return None, "nested too deeply"
+    if not isinstance(error, yaml.YAMLError):
+        # PyYAML's constructors raise plain exceptions for some scalars, found by fuzzing: int() of 5000 digits
+        # (ValueError, Python 3.11's limit), an empty "!!int" (IndexError)
+        if "integer string conversion" in str(error):
+            return None, "a number has more than 4300 digits"
+        first = (str(error).strip().splitlines() or [""])[0][:120]
+        return None, f"{type(error).__name__}: {first}" if first else type(error).__name__
+    mark = getattr(error, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    if line is None and text is not None and isinstance(getattr(error, "position", None), int):
+        line = text[:error.position].count("\n") + 1  # a ReaderError (a control character) has a position only
+    problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+    return line, " ".join(str(problem).split())
+
+
 def apply_override(raw: dict, override: str) -> None:
     """Apply one ``dotted.key=value`` override to a raw config dict; the value is parsed as YAML."""
     if "=" not in override:
-        raise FatuneError(f"override {override!r} must look like dotted.key=value (e.g. train.max_steps=10)")
+        raise FatuneError(f"command line: override {override!r} must look like dotted.key=value "
+                          "(e.g. train.max_steps=10)")
     key, value = override.split("=", 1)
     key = key.strip()
     if key not in valid_keys():
@@ -276,7 +302,12 @@ def apply_override(raw: dict, override: str) -> None:
         if not isinstance(node.get(part), dict):
             node[part] = {}
         node = node[part]
-    node[leaf] = yaml.safe_load(value) if value.strip() else None
+    try:
+        node[leaf] = yaml.safe_load(value) if value.strip() else None
+    except Exception as error:  # YAMLError, RecursionError, ...: tracebacks before (found by fuzzing: "a.b=[")
+        _, problem = _yaml_problem(error)
+        raise FatuneError(f"command line: {key}: the value {short_repr(value, 80)} is not valid YAML ({problem}); "
+                          f"quote a string that holds YAML syntax: {key}=\"'...'\"") from None
 
 
 def _flatten(raw: Any, prefix: str = "") -> list[str]:
@@ -284,8 +315,16 @@ def _flatten(raw: Any, prefix: str = "") -> list[str]:
         return []
     keys = []
     for name, value in raw.items():
-        keys += _flatten(value, f"{prefix}{name}.") if isinstance(value, dict) else [f"{prefix}{name}"]
+        # An empty mapping is a key too: "bogus: {}" slipped past the unknown-key check (found by fuzzing).
+        keys += _flatten(value, f"{prefix}{name}.") if isinstance(value, dict) and value else [f"{prefix}{name}"]
     return keys
+
+
+def _field_name(loc) -> str:
+    """``data.sources.0.path`` from pydantic's ``loc``; a key that is not plain text (a newline in it, found by
+    fuzzing) is quoted, so that the message stays one line per problem."""
+    return ".".join(str(part) if isinstance(part, int) or (part.isprintable() and part.strip() == part and part)
+                    else short_repr(part, 40) for part in loc)
 
 
 def from_dict(raw: dict, where: str = "config") -> Config:
@@ -299,8 +338,10 @@ def from_dict(raw: dict, where: str = "config") -> Config:
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            field = ".".join(str(p) for p in item["loc"])
-            given = f" (got {item['input']!r})" if "input" in item and not isinstance(item["input"], dict) else ""
+            field = _field_name(item["loc"])
+            # short_repr: a value can be a huge YAML list; the message quotes only its start
+            given = (f" (got {short_repr(item['input'], 80)})" if "input" in item
+                     and not isinstance(item["input"], dict) else "")
             message = item["msg"].removeprefix("Value error, ")
             named = field and not message.startswith(field + ".")  # cross-field messages name their own fields
             problems.append(f"{where}: {field}: {message}{given}" if named else f"{where}: {message}{given}")
@@ -314,11 +355,22 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     if path is not None:
         where = str(path)
         try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            data = Path(path).read_bytes()
         except FileNotFoundError:
             raise FatuneError(f"{path}: no such config file") from None
-        except yaml.YAMLError as error:
-            raise FatuneError(f"{path}: not valid YAML ({error})") from None
+        except OSError as error:  # a directory, no permission
+            raise FatuneError(f"{path}: cannot read the config file ({error.strerror})") from None
+        try:
+            text = data.decode("utf-8-sig")  # a BOM is fine (Windows editors write one)
+        except UnicodeDecodeError as error:  # a bare traceback before (found by fuzzing)
+            line = data[:error.start].count(b"\n") + 1
+            raise FatuneError(f"{path}:{line}: not UTF-8 (byte 0x{data[error.start]:02x}); save the config as UTF-8"
+                              ) from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except Exception as error:  # YAMLError, RecursionError, ValueError, IndexError (see _yaml_problem)
+            line, problem = _yaml_problem(error, text)
+            raise FatuneError(f"{path}{'' if line is None else f':{line}'}: not valid YAML: {problem}") from None
         if not isinstance(raw, dict):
             raise FatuneError(f"{path}: a config must be a mapping with sections model, data, output")
     for override in overrides:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from fatune.errors import FatuneError
 from fatune.fsutil import publish_dir
-from fatune.generation.loading import FATUNE_JSON, final_dir
+from fatune.generation.loading import FATUNE_JSON, final_dir, tokenizer_dir
 from fatune.hub import first_line, offline_unless_reachable
 
 PTUNING_README = """# P-Tuning adapter exported by fatune
@@ -132,7 +132,7 @@ def load_for_export(run: str | Path):
     architecture(load_config(meta["base_model"] if merged else str(final)))
     model = _merged(final, meta) if merged else load_model(str(final))
     name = f"{path.resolve().name} ({method} of {meta['base_model']})"
-    return model, load_tokenizer(str(final)), meta["template"], name
+    return model, load_tokenizer(str(tokenizer_dir(final))), meta["template"], name
 
 
 def _merged(final: Path, meta: dict):
@@ -142,8 +142,9 @@ def _merged(final: Path, meta: dict):
 
     from fatune.generation.loading import method_config
     from fatune.methods.qlora import quantization_config
-    from fatune.models import load_model
+    from fatune.models import load_model, refuse_pickle_only
 
+    refuse_pickle_only(final)  # an adapter_model.bin alone is refused unless --allow-pickle
     if meta["method"] == "qlora":
         base = load_model(meta["base_model"], quantization_config=quantization_config(method_config(meta)))
         base = base.dequantize()  # nf4 -> fp32 weights with the exact values the 4-bit kernels used

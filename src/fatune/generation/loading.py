@@ -117,6 +117,18 @@ def final_dir(path: Path) -> Path | None:
     return None
 
 
+def tokenizer_dir(final: Path) -> Path:
+    """Where the tokenizer of an artifact dir is: in it (``final/``, and checkpoints of older fatune
+    versions), or, for ``RUN/checkpoints/step-N``, the one copy its run keeps in ``RUN/tokenizer``."""
+    final = Path(final)
+    if (final / "tokenizer_config.json").exists():
+        return final
+    shared = final.parent.parent / "tokenizer"
+    if final.parent.name == "checkpoints" and (shared / "tokenizer_config.json").exists():
+        return shared
+    return final  # loading it names this dir in its error
+
+
 def _adapter_config(name: str) -> dict | None:
     """``adapter_config.json`` of a local dir or hub repo, or None when ``name`` is not a PEFT adapter."""
     path = Path(name).expanduser()
@@ -145,7 +157,7 @@ def load(run_or_model: str, *, tokenizer: str | None = None, template: str | Non
          dtype=None, load_in_4bit: bool | None = None, precision: str | None = None) -> Loaded:
     """Load RUN_OR_MODEL for generation (see the module docstring). ``precision`` (fp32 | bf16) overrides
     the run's recorded one; bf16 is a bf16 base with the forward under bf16 autocast."""
-    from fatune.models import load_model, load_tokenizer
+    from fatune.models import load_model, load_tokenizer, refuse_pickle_only
 
     path = Path(run_or_model).expanduser()
     if run_or_model.startswith(("/", ".", "~")) and not path.exists():
@@ -155,7 +167,7 @@ def load(run_or_model: str, *, tokenizer: str | None = None, template: str | Non
     adapter = _adapter_config(str(final or run_or_model))
     if meta:
         base_name = meta["base_model"]
-        tokenizer_name = tokenizer or str(final)  # the run saved its tokenizer (with the chat template)
+        tokenizer_name = tokenizer or str(tokenizer_dir(final))  # the run saved its tokenizer
         template = template or meta["template"]
         load_in_4bit = meta.get("load_in_4bit") if load_in_4bit is None else load_in_4bit
     elif adapter:
@@ -195,6 +207,7 @@ def load(run_or_model: str, *, tokenizer: str | None = None, template: str | Non
             from peft import PeftModel
 
             source = str(final) if final else run_or_model
+            refuse_pickle_only(source)  # an adapter_model.bin alone is refused unless --allow-pickle
             try:
                 with offline_unless_reachable():
                     model = PeftModel.from_pretrained(model, source, is_trainable=False)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fatune.errors import FatuneError
-from fatune.generation.loading import FATUNE_JSON, _adapter_config, final_dir, method_config
+from fatune.generation.loading import FATUNE_JSON, _adapter_config, final_dir, method_config, tokenizer_dir
 from fatune.serve.weights import SharedBase, Standalone
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def _load_group(key: tuple, runs: list[_Plan], base: _Plan | None) -> list[Serve
     served = {}
     # prompt encoders first: they wrap the plain base, before LoRA layers are injected into it
     for plan in sorted(runs, key=lambda p: p.method != "ptuning"):
-        tokenizer = _tokenizer(str(plan.final))  # the run saved its tokenizer (with the chat template)
+        tokenizer = _tokenizer(str(tokenizer_dir(plan.final)))  # final/'s own, or RUN/tokenizer for a checkpoint
         chat = _chat(model, tokenizer, plan.meta["template"], plan.meta, precision, plan.method)
         if plan.method == "ptuning":
             served[plan.target.id] = ServedModel(plan.target.id, plan.method, chat, shared,

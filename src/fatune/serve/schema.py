@@ -90,7 +90,9 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # torch.manual_seed takes -2**63 .. 2**64-1; a larger seed passed validation and failed in the worker,
+    # a 500 after the request was queued (found by the schema fuzz test, tests/fuzz/test_fuzz_serve.py).
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     n: int | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -247,3 +249,5 @@ async def read_json_body(request, limits: Limits = Limits()):
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise RequestError("the request body is not valid JSON") from None
+    except RecursionError:  # "[[[[..." ~1000 deep fits in 64 KiB and was a 500 (found by fuzzing)
+        raise RequestError("the request body is not valid JSON: arrays or objects nested too deeply") from None

@@ -52,9 +52,11 @@ class SharedBase:
         from peft import PeftModel
 
         from fatune.generation.ptuning_cache import virtual_token_embeddings
+        from fatune.models import refuse_pickle_only
 
         if self.peft is not None:  # a prompt-learning wrapper around LoRA-injected layers would be a different model
             raise RuntimeError("load P-Tuning runs before LoRA adapters")
+        refuse_pickle_only(final)  # an adapter_model.bin alone is refused unless --allow-pickle
         wrapper = PeftModel.from_pretrained(self.base, str(final), is_trainable=False).eval()
         with torch.no_grad(), self.autocast():
             return virtual_token_embeddings(wrapper).detach().clone()
@@ -63,7 +65,9 @@ class SharedBase:
         from peft import PeftModel
 
         from fatune.hub import offline_unless_reachable
+        from fatune.models import refuse_pickle_only
 
+        refuse_pickle_only(final)  # an adapter_model.bin alone is refused unless --allow-pickle
         name = f"a{self._adapters}"
         self._adapters += 1
         with offline_unless_reachable():

@@ -4,6 +4,10 @@
 ptuning, lora and qlora, a full HF model for embed_head and full. It also holds the tokenizer with
 the run's chat template as its Jinja ``chat_template``, and ``fatune.json`` (base model, method,
 template, normalization, precision) so fatune can chat with it exactly as it was trained.
+
+Checkpoints hold no tokenizer: ``save_run_tokenizer`` writes ``OUT/tokenizer`` once per run, and
+``generation.loading.tokenizer_dir`` finds it for ``RUN/checkpoints/step-N``. ``final/`` keeps its own
+copy, since export and serving rely on it alone.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 from fatune import __version__
+from fatune.errors import FatuneError
 from fatune.fsutil import publish_dir
 from fatune.generation.loading import FATUNE_JSON
 from fatune.training.rundir import SUMMARY
@@ -37,6 +42,20 @@ def checkpoint_loads_as_final(config) -> bool:
     """Whether a checkpoint's saved weights are what ``final/`` would hold. Not for embed_head on a subset
     of rows: its checkpoints keep the trained rows apart, and only ``save_final`` merges them."""
     return not (config.method.name == "embed_head" and config.method.rows != "all")
+
+
+def save_run_tokenizer(tokenizer, out: Path, keep_existing: bool = False) -> Path:
+    """``OUT/tokenizer``: the run's tokenizer, once (not in each checkpoint), written atomically. A resumed
+    run keeps the copy its start wrote (``keep_existing``); a new run replaces whatever an earlier,
+    possibly different, experiment left."""
+    target = Path(out) / "tokenizer"
+    if keep_existing and (target / "tokenizer_config.json").exists():
+        return target
+    try:
+        return publish_dir(tokenizer.save_pretrained, target, replace=True)
+    except OSError as error:
+        raise FatuneError(f"could not write the run's tokenizer to {target} ({error.strerror or error}); "
+                          "free space or fix the output dir and rerun the same command") from None
 
 
 def save_final(model, method, tokenizer, template, config, final: Path, precision: str) -> Path:

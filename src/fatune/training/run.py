@@ -19,12 +19,20 @@ from fatune.errors import FatuneError
 from fatune.training import precision as precision_rules
 from fatune.training.callbacks import LossCurve, MetricsLog, Progress, read_metrics
 from fatune.training.collator import RowCollator
-from fatune.training.final import checkpoint_loads_as_final, run_meta, save_final, write_summary
+from fatune.training.final import (
+    checkpoint_loads_as_final,
+    run_meta,
+    save_final,
+    save_run_tokenizer,
+    write_summary,
+)
+from fatune.training.integrity import usable_checkpoint
 from fatune.training.rundir import (
     RunLock,
     clear_run,
     is_finished,
     latest_checkpoint,
+    remove_partial_saves,
     truncate_metrics,
 )
 from fatune.training.trainer import FatuneTrainer
@@ -135,7 +143,14 @@ def train(config, overwrite: bool = False) -> TrainResult:
         with args.main_process_first(desc="prepare the run dir and the data"):
             if _is_main_process():
                 _check_run_dir(out, config, overwrite, settings.precision)
+                # What a killed save or rotation left is never loaded; a damaged checkpoint is set aside
+                # here (with a warning), so the HF Trainer only ever sees a whole one.
+                remove_partial_saves(out)
+                usable_checkpoint(out, need_meta=checkpoint_loads_as_final(config))
             prepared = prepare(config, tokenizer)
+        resume = latest_checkpoint(out)  # every rank: after the main process set damaged ones aside
+        if _is_main_process():
+            save_run_tokenizer(tokenizer, out, keep_existing=resume is not None)
         if len(prepared.val) == 0:  # e.g. val_ratio > 0 on a single conversation: nothing to evaluate
             args.eval_strategy = IntervalStrategy.NO
         set_seed(config.train.seed)  # LoRA and prompt-encoder initialization happen before the Trainer seeds
@@ -158,14 +173,16 @@ def train(config, overwrite: bool = False) -> TrainResult:
             run_dir=out, keep_checkpoints=config.train.save_total_limit, fused_head=config.train.fused_head,
             checkpoint_meta=meta)
         _use_own_progress_bar(trainer)
-        resume = latest_checkpoint(out)
-        if resume is not None:
-            step = int(resume.name.split("-")[1])
-            if _is_main_process():
-                truncate_metrics(out, step)
+        step = int(resume.name.split("-")[1]) if resume is not None else 0
+        if _is_main_process():
+            truncate_metrics(out, step)  # also the rows of a run killed before its first checkpoint
+            if resume is not None:
                 print(f"fatune: resuming from step {step} ({resume})", flush=True)
         try:
             output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except FatuneError:  # a failed save, a non-finite loss: the CLI's error line starts a line of its own
+            _close_progress_bar(trainer)
+            raise
         except KeyboardInterrupt:
             trainer._save_checkpoint(trainer.model, None)
             print(f"\nfatune: interrupted; saved checkpoint step-{trainer.state.global_step}. Run the same command "
@@ -196,6 +213,13 @@ def _tensorboard(out: Path) -> list:
         log.warning("tensorboard is not installed; logging to metrics.jsonl only (pip install tensorboard)")
         return []
     return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "tensorboard")))]
+
+
+def _close_progress_bar(trainer) -> None:
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, Progress) and callback.bar is not None:
+            callback.bar.close()
+            callback.bar = None
 
 
 def _use_own_progress_bar(trainer) -> None:
