@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fatune.data.sources import tasks_dir
+from fatune.data.records import tasks_dir
 
 # The developers' and CI's shared folder beside the repository (full task data, the seed's prompts). A fresh
 # clone has none: tests reach it only through shared_path(), which skips there and fails in CI.

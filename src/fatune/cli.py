@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shlex
 import sys
 from typing import Sequence
 
 from fatune import __version__
+from fatune.console import quiet_progress_bars, setup_logging
 from fatune.errors import FatuneError
 
 
@@ -37,7 +37,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from fatune.data.prepare import prepare, write_prepared
 
     config = load_config(args.config, args.overrides)
-    _quiet_progress_bars()
+    quiet_progress_bars()
     prepared = prepare(config)
     out = write_prepared(prepared, Path(args.out or Path(config.output.dir) / "data"))
     report = prepared.report
@@ -48,12 +48,13 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fatune import train  # fatune.train honours model.allow_pickle
+    from fatune.artifact import final_path
     from fatune.config import load_config
 
     config = load_config(args.config, [*args.overrides, *(["model.allow_pickle=true"] if args.allow_pickle else [])])
-    _quiet_progress_bars()
+    quiet_progress_bars()
     out = train(config, overwrite=args.overwrite).out
-    print(f"fatune: finished; the model is in {out / 'final'} and the summary in {out / 'train_summary.json'}")
+    print(f"fatune: finished; the model is in {final_path(out)} and the summary in {out / 'train_summary.json'}")
     return 0
 
 
@@ -93,10 +94,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from fatune.export import export
+    from fatune.gguf_export import DEFAULT_OUTTYPE
 
     out = export(args.run, args.out, merge=args.merge, push_to_hub=args.push_to_hub, format=args.format,
                  outtype=args.outtype)
-    what = f" as GGUF ({args.outtype or 'f16'}, {out / 'model.gguf'})" if args.format == "gguf" else ""
+    what = f" as GGUF ({args.outtype or DEFAULT_OUTTYPE}, {out / 'model.gguf'})" if args.format == "gguf" else ""
     pushed = f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""
     print(f"fatune: exported {args.run} to {out}{what}{pushed}")
     return 0
@@ -150,7 +152,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from fatune.demo import run_demo
 
-    _quiet_progress_bars()
+    quiet_progress_bars()
     run_demo(args.out, args.steps, precision=args.precision)
     return 0
 
@@ -158,7 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench_data(args: argparse.Namespace) -> int:
     from fatune.bench.data import bench_data
 
-    _quiet_progress_bars()
+    quiet_progress_bars()
     bench_data(args.conversations, args.max_length, args.baseline_n, args.tokenizer, args.out, args.command_line)
     return 0
 
@@ -194,10 +196,13 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    from fatune.bench.train import bench_train_cli
+    from fatune.bench.train import run_bench
 
-    _quiet_progress_bars()
-    bench_train_cli(args)
+    quiet_progress_bars()
+    run_bench(model=args.model, method=args.method, data=args.data, conversations=args.conversations,
+              batch_size=args.batch_size, heldout=args.heldout, repeats=args.repeats, farstail=args.farstail,
+              precision=args.precision, arms=args.arms, variants=args.variant, levers=args.levers,
+              threads=args.threads, out=args.out, command=args.command_line)
     return 0
 
 
@@ -232,7 +237,8 @@ def _bench_parsers(verbs) -> None:
     gen.add_argument("--prompts", default="short chat,seed translation",
                      help="comma-separated: short chat, seed translation, FarsTail NLI, long reading; "
                           "or a prompts file (default 'short chat,seed translation')")
-    gen.add_argument("--shared", default="../shared", help="folder with seed/ and data/farstail/ (default ../shared)")
+    gen.add_argument("--shared", metavar="DIR", help="folder with seed/prompts.jsonl and data/farstail/val.tsv, which "
+                     "the 'seed translation' and 'FarsTail NLI' prompts need (no default: the package bundles neither)")
     gen.add_argument("--template", default="gemma", choices=["auto", "gemma", "chatml", "hf"],
                      help="chat template for --methods (default gemma)")
     gen.add_argument("--shape", choices=["gemma3-1b"],
@@ -277,7 +283,8 @@ def _bench_parsers(verbs) -> None:
     train.add_argument("--precision", default="fp32",
                        help="fp32, bf16 (every arm in bf16 mixed precision) or both (each arm in each; the top "
                             "level compares bf16 runs) (default fp32)")
-    train.add_argument("--arms", default="trl-default,trl-best,fatune", help="comma-separated arms to run")
+    train.add_argument("--arms", default="trl-default,trl-best,fatune",
+                       help="comma-separated arms to run; the TRL ones need trl: pip install 'fatune[bench]'")
     train.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
                        help="also run fatune with these config overrides, e.g. no-fused-head=train.fused_head=false")
     train.add_argument("--levers", action="store_true",
@@ -322,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=cmd_data_inspect)
 
     prep = data_verbs.add_parser("prepare", help="validate, normalize, render, pack and split a config's data")
-    prep.add_argument("config", help="YAML config (sections model, data, output)")
+    prep.add_argument("config", help="YAML config (sections model, data, method, train, eval, output)")
     prep.add_argument("overrides", nargs="*", help="dotted.key=value overrides, applied left to right")
     prep.add_argument("--out", help="where to write the splits (default OUTPUT_DIR/data)")
     prep.set_defaults(func=cmd_data_prepare)
@@ -350,11 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="reorder right-to-left lines for terminals without bidi support (default auto)")
     chat.set_defaults(func=cmd_chat)
 
-    evaluation = verbs.add_parser("eval", help="quantitative Persian metrics: loss, fidelity, farstail, mc")
+    from fatune.eval.run import TASK_FORMS, TASKS  # light: the tasks load torch only when they run
+
+    evaluation = verbs.add_parser("eval", help=f"quantitative Persian metrics: {', '.join(TASKS)}")
     evaluation.add_argument("run_or_model", help="a fatune run dir, a base model or a PEFT adapter")
     evaluation.add_argument("--tasks", default="loss,fidelity",
-                            help="comma-separated: loss[:PATH], fidelity[:PATH], farstail[:PATH], mc:PATH, sib200:PATH, "
-                            "qa:PATH (SQuAD 2.0 JSON), translate:SRC+TGT; paths take #START:END and fatune:tasks/...")
+                            help=f"comma-separated: {', '.join(TASK_FORMS.values())}; paths take #START:END and "
+                            "fatune:tasks/...")
     evaluation.add_argument("--limit", type=int, help="at most N items per task")
     evaluation.add_argument("--max-new-tokens", type=int, default=None,
                             help="new tokens per answer (default: each task's own: fidelity 128, qa 32, translate 128)")
@@ -413,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_pickle_argument(served)
     served.set_defaults(func=cmd_serve)
 
+    from fatune.gguf_export import DEFAULT_OUTTYPE, OUTTYPES  # light: gguf and numpy load only when it writes
+
     export = verbs.add_parser("export", help="a standalone model dir (LoRA/QLoRA merged) or a GGUF for serving")
     export.add_argument("run", help="a finished fatune run dir (with --format gguf also a base model dir or pypi: alias)")
     export.add_argument("--out", required=True)
@@ -420,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="merge LoRA/QLoRA into the base (default for those methods)")
     export.add_argument("--format", choices=("safetensors", "gguf"), default="safetensors",
                         help="safetensors (an HF model dir, default) or gguf (llama.cpp, Ollama, LM Studio)")
-    export.add_argument("--outtype", choices=("f32", "f16", "bf16", "q8_0"),
-                        help="GGUF weight type (default f16); norms stay f32")
+    export.add_argument("--outtype", choices=OUTTYPES,
+                        help=f"GGUF weight type (default {DEFAULT_OUTTYPE}); norms stay f32")
     export.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the export to the Hugging Face Hub")
     _allow_pickle_argument(export)
     export.set_defaults(func=cmd_export)
@@ -430,33 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging() -> None:
-    """fatune's own messages go to stderr as ``fatune: ...``; other libraries keep their own format."""
-    logger = logging.getLogger("fatune")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("fatune: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    logger.propagate = False
-    # bitsandbytes 0.50 on AVX512-BF16 CPUs tries to fetch an optional inference kernel from the Hub at import
-    # and warns on every command when it cannot; the kernel only speeds up 4-bit inference, never training.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
-        lambda record: "kernels-community" not in str(record.msg))
-
-
-def _quiet_progress_bars() -> None:
-    """datasets draws a progress bar for every save_to_disk; the CLI prints its own summary instead."""
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-    except ImportError:
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    _setup_logging()
+    setup_logging()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["fatune", *argv])  # the benchmarks record the exact command

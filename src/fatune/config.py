@@ -372,7 +372,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             line, problem = _yaml_problem(error, text)
             raise FatuneError(f"{path}{'' if line is None else f':{line}'}: not valid YAML: {problem}") from None
         if not isinstance(raw, dict):
-            raise FatuneError(f"{path}: a config must be a mapping with sections model, data, output")
+            raise FatuneError(f"{path}: a config must be a mapping with sections {', '.join(Config.model_fields)}")
     for override in overrides:
         apply_override(raw, override)
     return from_dict(raw, where)

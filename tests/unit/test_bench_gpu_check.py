@@ -18,10 +18,10 @@ def test_random_gemma2_2b_has_gemma2_2b_shape(tmp_path, tiny_tok, tiny_tok_dir):
     import torch
 
     from fatune.bench.gpu_check import random_gemma2_2b
-    from fatune.models import load_config, load_model, load_tokenizer
+    from fatune.models import load_model, load_model_config, load_tokenizer
 
     path = random_gemma2_2b(tmp_path / "model", layers=1, vocab=len(tiny_tok), tokenizer=str(tiny_tok_dir))
-    config = load_config(str(path))
+    config = load_model_config(str(path))
     shape = (config.hidden_size, config.intermediate_size, config.num_attention_heads, config.num_key_value_heads,
              config.head_dim, config.query_pre_attn_scalar, config.attn_logit_softcapping,
              config.final_logit_softcapping, config.sliding_window)

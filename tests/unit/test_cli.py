@@ -70,3 +70,55 @@ def test_train_with_a_missing_model_or_data_is_one_line_and_exit_2(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr
         errors = [line for line in result.stderr.splitlines() if line.startswith("fatune: error:")]
         assert len(errors) == 1 and message in errors[0]
+
+
+def _subparsers(parser, prefix=()):
+    """``(verb path, parser)`` for every verb and sub-verb of ``fatune``."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _subparsers(sub, (*prefix, name))
+
+
+def test_no_user_facing_option_points_at_the_developers_shared_folder():
+    """``../shared`` exists only beside the developers' checkout: no default or help text may name it."""
+    from fatune.cli import build_parser
+
+    for verb, parser in _subparsers(build_parser()):
+        for action in parser._actions:
+            for text in (action.default, action.help):
+                assert "../shared" not in str(text), (verb, action.dest, text)
+
+
+def test_eval_help_lists_every_task_the_eval_module_runs():
+    from fatune.cli import build_parser
+    from fatune.eval.run import TASK_FORMS, TASKS
+
+    assert set(TASK_FORMS) == set(TASKS) == {"loss", "fidelity", "farstail", "mc", "sib200", "qa", "translate"}
+    verbs = dict(_subparsers(build_parser()))
+    tasks_help = next(a.help for a in verbs["eval",]._actions if a.dest == "tasks")
+    assert all(form in tasks_help for form in TASK_FORMS.values())
+    listed = run_cli("--help").stdout
+    assert f"quantitative Persian metrics: {', '.join(TASKS)}" in " ".join(listed.split())
+
+
+def test_config_help_names_all_six_sections():
+    from fatune.cli import build_parser
+    from fatune.config import Config
+
+    verbs = dict(_subparsers(build_parser()))
+    for verb in (("train",), ("data", "prepare")):
+        config_help = next(a.help for a in verbs[verb]._actions if a.dest == "config")
+        assert config_help == f"YAML config (sections {', '.join(Config.model_fields)})", verb
+
+
+def test_export_outtype_choices_and_default_come_from_the_gguf_writer():
+    from fatune.cli import build_parser
+    from fatune.gguf_export import DEFAULT_OUTTYPE, OUTTYPES
+
+    outtype = next(a for a in dict(_subparsers(build_parser()))["export",]._actions if a.dest == "outtype")
+    assert tuple(outtype.choices) == OUTTYPES and DEFAULT_OUTTYPE in OUTTYPES
+    assert outtype.default is None and f"(default {DEFAULT_OUTTYPE})" in outtype.help  # export() picks it, not argparse

@@ -50,6 +50,14 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
         load_config(path)
 
 
+def test_a_config_that_is_not_a_mapping_names_all_six_sections(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("- model\n- data\n")
+    with pytest.raises(FatuneError) as raised:
+        load_config(path)
+    assert str(raised.value) == f"{path}: a config must be a mapping with sections model, data, method, train, eval, output"
+
+
 def test_cross_field_rule():
     with pytest.raises(FatuneError, match="data.digits needs data.normalize: true"):
         load_config(None, ["data.normalize=false", "data.digits=latin"])

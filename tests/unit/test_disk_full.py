@@ -128,7 +128,7 @@ def _prepare_config(tmp_path, tiny_tok_dir) -> Path:
 def test_prepare_full_disk_keeps_the_earlier_dataset_and_the_data(tmp_path, tiny_tok_dir, monkeypatch, capsys):
     from fsspec.implementations.local import LocalFileOpener
 
-    from fatune.data.sources import sample_path
+    from fatune.data.records import sample_path
 
     config = _prepare_config(tmp_path, tiny_tok_dir)
     out = tmp_path / "prepared"

@@ -37,10 +37,10 @@ SIGNATURES = [
     ("transformers.Trainer", "remove_callback", ["callback"], "fatune.training.run (own progress bar)"),
     ("transformers.Trainer", "add_callback", ["callback"], "fatune.training.run"),
     ("transformers.masking_utils", "sdpa_mask", ["attention_mask", "q_length", "kv_length", "q_offset", "kv_offset"],
-     "fatune.training.attention.varlen_mask (delegates with these keywords)"),
+     "fatune.attention.varlen_mask (delegates with these keywords)"),
     ("transformers.masking_utils.AttentionMaskInterface", "register", ["key", "value"],
-     "fatune.training.attention.register"),
-    ("transformers.AttentionInterface", "register", ["key", "value"], "fatune.training.attention.register"),
+     "fatune.attention.register"),
+    ("transformers.AttentionInterface", "register", ["key", "value"], "fatune.attention.register"),
     ("transformers.PreTrainedModel", "set_attn_implementation", ["attn_implementation"],
      "fatune.bench and tests (fatune_varlen on a built model)"),
     ("peft.PeftModel", "from_pretrained", ["model", "model_id", "adapter_name", "is_trainable"],
@@ -131,7 +131,7 @@ def test_accelerator_amp_attributes():
 
 
 def test_mask_functions_are_called_with_the_keywords_fatune_reads():
-    """fatune.training.attention.varlen_mask reads ``attention_mask``, ``q_length``, ``kv_length``, ``q_offset``,
+    """fatune.attention.varlen_mask reads ``attention_mask``, ``q_length``, ``kv_length``, ``q_offset``,
     ``kv_offset`` as keywords (and passes the rest on to sdpa_mask)."""
     from transformers import masking_utils
 
@@ -140,7 +140,7 @@ def test_mask_functions_are_called_with_the_keywords_fatune_reads():
         missing = [f"{name}={name}" for name in ("q_length", "kv_length", "q_offset", "kv_offset", "attention_mask")
                    if f"{name}={name}" not in source]
         assert not missing, f"transformers.masking_utils.{builder} no longer passes {missing} to mask functions; " \
-                            "fatune.training.attention.varlen_mask reads them"
+                            "fatune.attention.varlen_mask reads them"
 
 
 @pytest.mark.parametrize("make", ["tiny_gemma2", "tiny_gemma3"])
@@ -152,7 +152,7 @@ def test_attention_and_mask_functions_receive_what_fatune_uses(make):
     from transformers.masking_utils import AttentionMaskInterface
 
     import fatune.testing as testing
-    from fatune.training.attention import varlen_attention, varlen_mask
+    from fatune.attention import varlen_attention, varlen_mask
 
     seen_attention, seen_mask = [], []
 
@@ -176,7 +176,7 @@ def test_attention_and_mask_functions_receive_what_fatune_uses(make):
     wanted = {"scaling", "sliding_window", "position_ids"} | ({"softcap"} if make == "tiny_gemma2" else set())
     assert seen_attention and all(wanted <= kwargs for kwargs in seen_attention), (
         f"{make}'s attention no longer passes {wanted - set.intersection(*seen_attention)}; "
-        "fatune.training.attention.varlen_attention uses them")
+        "fatune.attention.varlen_attention uses them")
     assert seen_mask and all({"attention_mask", "q_length", "kv_length", "q_offset", "kv_offset"} <= kwargs
                              for kwargs in seen_mask)
     torch.testing.assert_close(packed, reference, atol=1e-5, rtol=1e-5)
@@ -204,7 +204,7 @@ def test_a_models_quantizer_attribute_is_what_save_pretrained_reads():
 
 
 def test_sdpa_shares_key_value_heads_with_enable_gqa():
-    """fatune.training.attention passes ``enable_gqa`` (torch >= 2.5) instead of copying key/value heads."""
+    """fatune.attention passes ``enable_gqa`` (torch >= 2.5) instead of copying key/value heads."""
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(1, 4, 5, 8, generator=generator)
     key, value = (torch.randn(1, 2, 5, 8, generator=generator) for _ in range(2))

@@ -7,7 +7,8 @@ from conftest import FARSTAIL_TEST, run_cli, shared_path, write_jsonl
 
 from fatune.data import LoadStats, load_conversations
 from fatune.data.sib200 import LABELS_FA, read_sib200
-from fatune.data.sources import local_path, parse_source, tasks_dir
+from fatune.data.records import local_path, tasks_dir
+from fatune.data.sources import parse_source
 from fatune.data.squad import NO_ANSWER, read_squad
 from fatune.data.translation import read_pairs
 from fatune.errors import DataError, FatuneError

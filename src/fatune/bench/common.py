@@ -1,5 +1,6 @@
 """What every benchmark shares: machine and version info, the command line, readable tables, the JSON
-report, and running a child process to measure its own peak RSS."""
+report, and running a child process to measure its own peak RSS. The library versions and the RSS
+arithmetic are ``fatune.environment``'s, which runs and evaluations record too."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
+from fatune.environment import LIBRARIES, library_versions, max_rss_bytes
 from fatune.errors import FatuneError
 
 
@@ -29,23 +31,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _version(distribution: str) -> str | None:
-    """The installed version, read from package metadata (importing trl alone takes seconds)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return None
-
-
 def environment() -> dict:
     """``{"machine", "torch", "transformers", "peft", "trl", "python", "date"}`` plus fatune's version and
     torch's thread count: what a reader needs to compare a figure with their own."""
     from fatune import __version__
 
     info = {"machine": f"{cpu_model()}, {os.cpu_count()} cores"}
-    info.update({name: _version(name) for name in ("torch", "transformers", "peft", "trl")})
+    info.update(library_versions((*LIBRARIES, "trl")))
     info["python"] = platform.python_version()
     info["date"] = datetime.now().astimezone().isoformat(timespec="seconds")
     info["fatune"] = __version__
@@ -137,9 +129,7 @@ def run_child(args: Sequence[str], log: str | Path | None = None, env: dict | No
             process.wait()
             raise
     process.returncode = os.waitstatus_to_exitcode(status)
-    # Linux reports KiB, macOS bytes
-    scale = 1 if sys.platform == "darwin" else 1024
-    return ChildResult(process.returncode, usage.ru_maxrss * scale, time.perf_counter() - started,
+    return ChildResult(process.returncode, max_rss_bytes(usage), time.perf_counter() - started,
                        Path(log) if log else None)
 
 

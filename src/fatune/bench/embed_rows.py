@@ -104,12 +104,12 @@ def child_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--out-dir", required=True, help="the run dir (train_summary.json lands here)")
     args = parser.parse_args(argv)
-    from fatune.cli import _quiet_progress_bars, _setup_logging
     from fatune.config import load_config
+    from fatune.console import quiet_progress_bars, setup_logging
     from fatune.training import train
 
-    _setup_logging()
-    _quiet_progress_bars()
+    setup_logging()
+    quiet_progress_bars()
     try:
         config = load_config(None, train_overrides(args.rows, args.steps, Path(args.out_dir), args.model,
                                                    args.max_length))

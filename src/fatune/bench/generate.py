@@ -30,14 +30,17 @@ chat`` use), greedy, exactly ``--new-tokens`` new tokens per prompt (``min_new_t
 Prompts (``--prompts``, comma-separated names, or a prompts file in any source format): ``short chat``
 (16 tokens), ``seed translation`` (the seed's EN->FA prompt, ~160 tokens, from
 ``SHARED/seed/prompts.jsonl``), ``FarsTail NLI`` (~156 tokens, ``SHARED/data/farstail/val.tsv``) and
-``long reading`` (three long user turns of the bundled sample, ~430 tokens). ``SHARED`` is
-``--shared`` (default ``../shared``, beside the repo).
+``long reading`` (three long user turns of the bundled sample, ~430 tokens). ``SHARED`` is the folder
+``--shared`` names (no default): the package bundles neither file (the seed's prompts file is not part of
+it, and the bundled FarsTail subset has no validation split), so those two prompts, and so the default
+``--prompts``, need ``--shared``; ``short chat`` and ``long reading`` need nothing.
 
-    fatune bench generate                                        # defaults: about 2.5 minutes on 2 cores
-    fatune bench generate --methods ptuning --new-tokens 128 --prompts "short chat,seed translation,FarsTail NLI,long reading"
+    fatune bench generate --shared path/to/shared                # defaults: about 2.5 minutes on 2 cores
+    fatune bench generate --methods ptuning --new-tokens 128 --shared path/to/shared \
+        --prompts "short chat,seed translation,FarsTail NLI,long reading"
     fatune bench generate --methods ptuning,base --shape gemma3-1b --prompts "short chat"
-    fatune bench generate --run runs/demo/ptuning --run runs/demo/lora --out gen.json
-    fatune bench generate --methods base,ptuning --precision both --no-cache-compare   # bf16 vs fp32
+    fatune bench generate --run runs/demo/ptuning --run runs/demo/lora --shared path/to/shared --out gen.json
+    fatune bench generate --methods base,ptuning --precision both --no-cache-compare --shared path/to/shared
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from fatune.bench.common import (
     positive,
     write_report,
 )
+from fatune.artifact import FATUNE_JSON, FINAL_DIR, final_dir, read_metadata
 from fatune.errors import FatuneError
 
 DEFAULT_MODEL = "pypi:gemma-3-270m"
@@ -92,20 +96,18 @@ def autocast(model, precision: str):
 
 
 # -- prompts ---------------------------------------------------------------------------------------------
-def _builtin_prompt(name: str, shared: Path) -> list[dict]:
+def _builtin_prompt(name: str, shared: Path | None) -> list[dict]:
     from fatune.data import load_conversations
 
     if name == "short chat":
         return [{"role": "user", "content": "سلام. تو کی هستی؟"}]
     if name == "seed translation":  # the last line of the seed's prompts file, its system prompt's role fixed
-        file = shared / "seed" / "prompts.jsonl"
-        _need(file, name)
+        file = _need(shared, Path("seed", "prompts.jsonl"), name)
         messages = json.loads(file.read_text(encoding="utf-8").splitlines()[-1])["messages"]
         messages[0]["role"] = "system"
         return messages
     if name == "FarsTail NLI":
-        file = shared / "data" / "farstail" / "val.tsv"
-        _need(file, name)
+        file = _need(shared, Path("data", "farstail", "val.tsv"), name)
         return next(load_conversations(file)).messages[:-1]
     # Persian SlimOrca prompts are often long (a system prompt and a passage): the sample's three longest
     # user turns as one reading task, about 430 tokens.
@@ -115,14 +117,19 @@ def _builtin_prompt(name: str, shared: Path) -> list[dict]:
             {"role": "user", "content": "\n\n".join(users)}]
 
 
-def _need(file: Path, prompt: str) -> None:
-    if not file.exists():
-        raise FatuneError(f"the {prompt!r} prompt needs {file}; pass --shared DIR (the folder with seed/ and "
+def _need(shared: Path | None, relative: Path, prompt: str) -> Path:
+    """``shared / relative``, or a one-line error naming ``--shared`` when it is not given or lacks the file."""
+    file = shared / relative if shared is not None else None
+    if file is None or not file.exists():
+        where = file if file is not None else f"DIR/{relative.as_posix()}"
+        raise FatuneError(f"the {prompt!r} prompt needs {where}; pass --shared DIR (the folder with seed/ and "
                           f"data/farstail/) or other --prompts ({', '.join(PROMPTS)}, or a prompts file)")
+    return file
 
 
-def load_prompts(spec: str, shared: str | Path = "../shared") -> list[tuple[str, list[dict]]]:
-    """``[(name, messages)]`` for ``spec``: comma-separated built-in names, or a prompts file."""
+def load_prompts(spec: str, shared: str | Path | None = None) -> list[tuple[str, list[dict]]]:
+    """``[(name, messages)]`` for ``spec``: comma-separated built-in names, or a prompts file. ``shared``: the
+    folder the ``seed translation`` and ``FarsTail NLI`` prompts are read from (see the module docstring)."""
     path = Path(spec).expanduser()
     if path.is_file():
         from fatune.data import load_conversations
@@ -134,7 +141,8 @@ def load_prompts(spec: str, shared: str | Path = "../shared") -> list[tuple[str,
     if unknown or not names:
         raise FatuneError(f"--prompts: unknown prompt {unknown[0] if unknown else spec!r}; choose from "
                           f"{', '.join(PROMPTS)} (comma-separated) or pass a prompts file")
-    return [(name, _builtin_prompt(name, Path(shared).expanduser())) for name in names]
+    folder = Path(shared).expanduser() if shared is not None else None
+    return [(name, _builtin_prompt(name, folder)) for name in names]
 
 
 # -- models ----------------------------------------------------------------------------------------------
@@ -239,8 +247,8 @@ def plan(methods: str | None, runs: Sequence[str], model: str, template: str, sh
     for run in runs:
         if not Path(run).expanduser().exists():
             raise FatuneError(f"--run {run}: no such run directory")
-        meta_file = next((p for p in (Path(run) / "final" / "fatune.json", Path(run) / "fatune.json") if p.exists()), None)
-        method = json.loads(meta_file.read_text()).get("method", "?") if meta_file else "?"
+        final = final_dir(run) if (Path(run) / FINAL_DIR).is_dir() or (Path(run) / FATUNE_JSON).is_file() else None
+        method = read_metadata(final, require=()).get("method", "?") if final is not None else "?"  # unfinished: ?
         label = f"{method} ({Path(run).name})"
         if any(t.label == label for t in targets):  # two runs with the same dir name: name them in full
             label = f"{method} ({run})"
@@ -251,9 +259,10 @@ def plan(methods: str | None, runs: Sequence[str], model: str, template: str, sh
 
 
 def bench_generate(methods: str | None = None, runs: Sequence[str] = (), model: str = DEFAULT_MODEL,
-                   new_tokens: int = DEFAULT_NEW_TOKENS, prompts: str = DEFAULT_PROMPTS, shared: str | Path = "../shared",
-                   template: str = "gemma", shape: str | None = None, cache_compare: bool = True,
-                   out: str | Path | None = None, command: str | None = None, precision: str = "fp32") -> dict:
+                   new_tokens: int = DEFAULT_NEW_TOKENS, prompts: str = DEFAULT_PROMPTS,
+                   shared: str | Path | None = None, template: str = "gemma", shape: str | None = None,
+                   cache_compare: bool = True, out: str | Path | None = None, command: str | None = None,
+                   precision: str = "fp32") -> dict:
     """Time every target (see the module docstring), print the tables, write the JSON report to ``out``."""
     import torch
 

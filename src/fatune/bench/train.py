@@ -15,16 +15,21 @@ arm runs in each, labelled ``ARM fp32`` and ``ARM bf16``. Then the top-level key
 ``speedup`` is the conv/s ratio, ``loss_rel_diff`` the held-out loss's), and the other comparisons
 are named ``WORKLOAD/BASELINE/PRECISION`` (``sample/trl-best/bf16``, ``sample/trl-default/fp32``, ...).
 MFU is always against the matmul peak of the arm's own precision, measured in its own process.
+
+The TRL arms need ``trl``, which fatune itself does not: ``pip install 'fatune[bench]'`` (``dev`` includes
+it). Without it, a run that asks for them fails at once with that line (``require_trl``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 from fatune.bench.flops import training_flops
 from fatune.errors import FatuneError
@@ -38,6 +43,14 @@ def precisions(precision: str) -> list[str]:
     if precision not in PRECISIONS:
         raise FatuneError(f"--precision {precision}: choose fp32, bf16 or both")
     return ["fp32", "bf16"] if precision == "both" else [precision]
+
+
+def require_trl(arms) -> None:
+    """Fail with one line, before any work, when a TRL arm is asked for and ``trl`` is not installed."""
+    trl_arms = [arm for arm in arms if arm.startswith("trl")]
+    if trl_arms and importlib.util.find_spec("trl") is None:
+        raise FatuneError(f"--arms {','.join(trl_arms)}: the TRL arms need trl, which is not installed: "
+                          "pip install 'fatune[bench]' (or run --arms fatune alone)")
 
 
 def label(arm: str, precision: str, labelled: bool) -> str:
@@ -68,9 +81,9 @@ def _workload(name: str, source: str, model: str, template: str, conversations: 
 
 
 def _flops(model: str, spec: dict, method_targets: tuple[str, ...]) -> float:
-    from fatune.models import load_config
+    from fatune.models import load_model_config
 
-    return training_flops(load_config(model), spec["lengths"], spec["trained"], spec["lora_r"], method_targets)
+    return training_flops(load_model_config(model), spec["lengths"], spec["trained"], spec["lora_r"], method_targets)
 
 
 def _run(arm: str, spec_path: Path, out: Path, overrides: list[str]) -> dict:
@@ -167,15 +180,17 @@ def bench_train(model: str = "pypi:gemma-3-270m", method: str = "lora", data: st
                 farstail: str | None = None, template: str = "gemma", precision: str = "fp32",
                 max_length: int = 1024, seed: int = 42, arms=ARMS, variants: dict[str, list[str]] | None = None,
                 threads: int | None = None, log=print) -> dict:
+    """Run every arm and variant on each workload and return the report (``run_bench`` prints and writes it)."""
     from fatune.config import LORA_TARGETS
-    from fatune.models import resolve
+    from fatune.models import resolve_model
 
     if method not in ("lora", "qlora"):
         raise FatuneError(f"--method {method}: the TRL baselines are built for lora and qlora")
     if repeats < 1:
         raise FatuneError("--repeats must be at least 1")
     precision_list = precisions(precision)
-    model_dir = resolve(model)
+    require_trl(arms)
+    model_dir = resolve_model(model)
     settings = {"model": model_dir, "template": template, "method": method, "lora_r": 8, "lora_alpha": 16,
                 "lora_targets": list(LORA_TARGETS), "batch_size": batch_size, "learning_rate": 2e-4,
                 "max_grad_norm": 0.3, "precision": precision, "gradient_checkpointing": False, "seed": seed,
@@ -241,25 +256,33 @@ def _variants(specs: list[str], levers: bool) -> dict[str, list[str]]:
     return variants
 
 
-def bench_train_cli(args) -> dict:
-    """``fatune bench train``: run, print the table, write the JSON (with machine, versions, command)."""
-    from fatune.bench.common import environment, positive, write_report
+def run_bench(*, model: str = "pypi:gemma-3-270m", method: str = "lora", data: str = "fatune:sample",
+              conversations: int = 32, batch_size: int = 8, heldout: int = 16, repeats: int = 2,
+              farstail: str | None = None, precision: str = "fp32", arms: str = ",".join(ARMS),
+              variants: Sequence[str] = (), levers: bool = False, threads: int | None = None,
+              out: str | Path | None = None, command: str | None = None) -> dict:
+    """``fatune bench train``: run, print the table, write the JSON (with machine, versions, command) to ``out``.
 
-    for option in ("conversations", "batch_size", "heldout", "repeats"):
-        positive(getattr(args, option), "--" + option.replace("_", "-"))
-    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
-    unknown = [a for a in arms if a not in ARMS]
+    ``arms``: comma-separated names from ``ARMS``; ``variants``: ``NAME=KEY=VALUE[,KEY=VALUE]`` specs, each a
+    fatune run with those config overrides; ``levers``: add one variant per lever switched off (``LEVERS``)."""
+    from fatune.bench.common import command_line, environment, positive, write_report
+
+    for option, value in (("conversations", conversations), ("batch_size", batch_size), ("heldout", heldout),
+                          ("repeats", repeats)):
+        positive(value, "--" + option.replace("_", "-"))
+    chosen = tuple(a.strip() for a in arms.split(",") if a.strip())
+    unknown = [a for a in chosen if a not in ARMS]
     if unknown:
         raise FatuneError(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)}")
-    report = bench_train(model=args.model, method=args.method, data=args.data, conversations=args.conversations,
-                         batch_size=args.batch_size, heldout=args.heldout, repeats=args.repeats,
-                         farstail=args.farstail, precision=args.precision, arms=arms,
-                         variants=_variants(args.variant, args.levers), threads=args.threads)
+    report = bench_train(model=model, method=method, data=data, conversations=conversations, batch_size=batch_size,
+                         heldout=heldout, repeats=repeats, farstail=farstail, precision=precision, arms=chosen,
+                         variants=_variants(list(variants), levers), threads=threads)
     # the matmul peaks MFU is taken against, per precision (each arm's own is in its row)
     peaks = report.pop("matmul_peak_flops")
-    report = {**report, "environment": {**environment(), "matmul_peak_flops": peaks}, "command": args.command_line}
+    report = {**report, "environment": {**environment(), "matmul_peak_flops": peaks},
+              "command": command or command_line()}
     print(table(report))
-    written = write_report(report, args.out)
+    written = write_report(report, out)
     if written:
         print(f"wrote {written}")
     return report

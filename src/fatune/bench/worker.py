@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import tempfile
 import threading
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 from fatune.data import IGNORE
+from fatune.environment import peak_memory_bytes
 
 
 class PeakRss:
@@ -52,15 +52,6 @@ class PeakRss:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-
-
-def peak_bytes() -> int:
-    """The process's peak memory: CUDA peak allocation on a GPU, peak RSS on CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def autocast(model, precision: str):
@@ -131,15 +122,15 @@ def weight_dtypes(model) -> dict[str, str]:
 
 
 def base_dtype(spec: dict):
-    """The dtype fatune loads this spec's base in (``precision.resolve``, as ``fatune.train`` calls it), so
+    """The dtype fatune loads this spec's base in (``precision.resolve_precision``, as ``fatune.train`` calls it), so
     the TRL arms load theirs the same way: fp32 in an fp32 run; in bf16, what fatune's bf16 mixed
     precision stores the frozen base in (``torch.bfloat16``, which is also how TRL's docs load a model
     for ``bf16=True``)."""
-    from fatune.models import load_config
+    from fatune.models import load_model_config
     from fatune.training import precision as precision_rules
 
     config = fatune_config(spec, Path(tempfile.gettempdir()) / "unused", [])
-    return precision_rules.resolve(config.train, load_config(spec["model"]).model_type,
+    return precision_rules.resolve_precision(config.train, load_model_config(spec["model"]).model_type,
                                    config.method.name).model_dtype
 
 
@@ -228,7 +219,7 @@ def main(argv: list[str]) -> int:
         train_peak = sampled.peak
         loss = heldout_loss(model, spec["val_rows"], precision)
     result = {"arm": arm, "overrides": overrides, "precision": precision, "train_seconds": seconds,
-              "step_losses": losses, "heldout_loss": loss, "peak_bytes": peak_bytes(),
+              "step_losses": losses, "heldout_loss": loss, "peak_bytes": peak_memory_bytes(),
               "train_peak_rss_bytes": train_peak, "matmul_peak_flops": peaks[precision], "matmul_peaks": peaks,
               "weight_dtypes": weight_dtypes(model), "threads": torch.get_num_threads()}
     Path(out_path).write_text(json.dumps(result, indent=1))

@@ -14,7 +14,8 @@ from fatune.data.render import (
            trained_spans,
            truncate,
 )
-from fatune.data.sources import Conversation, LoadStats, load_conversations, parse_source, sample_path
+from fatune.data.records import LoadStats, sample_path
+from fatune.data.sources import Conversation, load_conversations, parse_source
 from fatune.data.templates import get_template
 
 __all__ = ["IGNORE", "Conversation", "LoadStats", "get_template", "load_conversations", "normalize_persian",

@@ -16,6 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+from fatune.data.records import skip_or_raise
+from fatune.data.tsv import read_text, tsv_rows
+from fatune.data.validate import short_repr
 from fatune.errors import DataError
 
 SYSTEM_PROMPT = ("شما یک دستیار هوش مصنوعی هستید. متن و جمله را با دقت بخوانید و "
@@ -39,10 +42,6 @@ def nli_conversation(premise: str, hypothesis: str, label: str | None,
 def read_farstail(path: Path, name: str, skip_invalid: bool, stats, system: str | None = None,
                   rows: slice | None = None) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, {"messages": ...})`` for each row (of the 0-based ``rows``) of a FarsTail TSV."""
-    from fatune.data.sources import skip_or_raise  # shared by every format
-    from fatune.data.tsv import read_text, tsv_rows
-    from fatune.data.validate import short_repr
-
     system = SYSTEM_PROMPT if system is None else system
     # read_text decodes with utf-8-sig: a BOM used to stay in the first column's name and fail the header
     # check with "found ['\ufeffpremise', ...]" (SIB-200's reader already dropped it).

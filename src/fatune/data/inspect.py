@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from fatune.data.records import LoadStats
 from fatune.data.render import IGNORE, render_batch
 from fatune.data.script import letter_counts, persian_words
-from fatune.data.sources import LoadStats, load_conversations
+from fatune.data.sources import load_conversations
 from fatune.data.templates import get_template
 
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"

@@ -32,15 +32,8 @@ import numpy as np
 from fatune import __version__
 from fatune.data.pack import pack, unpacked
 from fatune.data.render import IGNORE, render_batch, truncate
-from fatune.data.sources import (
-    LoadStats,
-    hub_dataset,
-    is_hub_id,
-    load_conversations,
-    local_path,
-    parse_source,
-    split_pair,
-)
+from fatune.data.records import LoadStats, local_path
+from fatune.data.sources import hub_dataset, is_hub_id, load_conversations, parse_source, split_pair
 from fatune.errors import FatuneError
 from fatune.data.templates import get_template
 from fatune.fsutil import publish_dir

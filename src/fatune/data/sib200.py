@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from fatune.data.sources import LoadStats, local_path, skip_or_raise
+from fatune.data.records import LoadStats, local_path, skip_or_raise
 from fatune.data.tsv import read_text, tsv_rows
 from fatune.data.validate import short_repr
 from fatune.errors import DataError

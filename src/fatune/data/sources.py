@@ -24,24 +24,28 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Iterable, Iterator
 
 from fatune.data.normalize import normalize_persian
+from fatune.data.records import (
+    TASKS_PREFIX,
+    LoadStats,
+    display_name,
+    local_path,
+    select_rows,
+    skip_or_raise,
+    tasks_dir,
+)
 from fatune.data.validate import Purpose, load_json, parse_record
 from fatune.errors import DataError, FatuneError
 from fatune.hub import first_line, offline_unless_reachable
 
 log = logging.getLogger(__name__)
-SAMPLE_ALIAS = "fatune:sample"
-TASKS_PREFIX = "fatune:tasks/"
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _SELECTOR = re.compile(r"#(\d*):(\d*)$")
 _SQUAD_START = re.compile(r'\s*\{\s*"(version|data)"\s*:')
-T = TypeVar("T")
 
 
 @dataclass
@@ -55,46 +59,6 @@ class Conversation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"messages": self.messages}
-
-
-@dataclass
-class LoadStats:
-    """What a load kept and what it skipped, by reason (filled in while iterating)."""
-
-    kept: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    first_error: dict[str, str] = field(default_factory=dict)  # reason -> first message, for reports
-
-    def summary(self) -> str:
-        if not self.skipped:
-            return f"kept {self.kept} conversations, skipped none"
-        parts = ", ".join(f"{reason}: {n}" for reason, n in self.skipped.most_common())
-        return f"kept {self.kept} conversations, skipped {sum(self.skipped.values())} ({parts})"
-
-
-def sample_path() -> Path:
-    """The bundled Persian chat sample (written by the fatune project, Apache-2.0)."""
-    return Path(str(resources.files("fatune.data") / "sample" / "persian_chat.jsonl"))
-
-
-def tasks_dir() -> Path:
-    """The bundled task-data subsets (PQuAD, SIB-200, FarsTail, NTREX; see ``tasks/README.md``)."""
-    return Path(str(resources.files("fatune.data") / "tasks"))
-
-
-def local_path(source: str | Path) -> Path:
-    """The local path a source names (``fatune:sample`` and ``fatune:tasks/REL`` are bundled files)."""
-    text = str(source)
-    if text == SAMPLE_ALIAS:
-        return sample_path()
-    if text.startswith(TASKS_PREFIX):
-        return tasks_dir() / text[len(TASKS_PREFIX):]
-    return Path(source).expanduser()
-
-
-def display_name(source: str) -> str:
-    """How errors name a source: the resolved path for the bundled aliases, the string otherwise."""
-    return str(local_path(source)) if source == SAMPLE_ALIAS or source.startswith(TASKS_PREFIX) else source
 
 
 def parse_source(spec: str | Path) -> tuple[str, slice | None]:
@@ -126,27 +90,6 @@ def split_pair(text: str) -> tuple[str, str] | None:
             return src, tgt
     # One '+': surely meant as a pair, and the reader names the missing side.
     return candidates[0] if len(candidates) == 1 and all(candidates[0]) else None
-
-
-def select_rows(items: Iterable[T], rows: slice | None, name: str, unit: str = "records"
-                ) -> Iterator[tuple[int, T]]:
-    """Yield ``(index, item)`` for the 0-based ``rows`` of ``items``; stop reading after the last one.
-
-    A selection that starts past the end is an error naming the source, so a typo never trains on nothing.
-    """
-    start = 0 if rows is None or rows.start is None else rows.start
-    stop = None if rows is None else rows.stop
-    count = 0
-    for index, item in enumerate(items):
-        if stop is not None and index >= stop:
-            return
-        count = index + 1
-        if index >= start:
-            yield index, item
-    if start > 0 and count <= start:
-        selector = f"#{start}:{'' if stop is None else stop}"
-        raise FatuneError(f"{name}: the selector {selector} starts at {unit[:-1]} {start} (0-based) but the "
-                          f"source has only {count} {unit}")
 
 
 def load_conversations(source: str | Path, *, purpose: Purpose = "train", skip_invalid: bool = False,
@@ -189,19 +132,6 @@ def load_conversations(source: str | Path, *, purpose: Purpose = "train", skip_i
     finally:
         if stats.skipped:
             log.warning("%s: %s", name, stats.summary())
-
-
-def _count(stats: LoadStats, error: DataError) -> None:
-    stats.skipped[error.reason] += 1
-    stats.first_error.setdefault(error.reason, error.format())
-
-
-def skip_or_raise(error: DataError, skip_invalid: bool, stats: LoadStats | None) -> None:
-    """Raise ``error``, or count it in ``stats`` when bad records are being skipped."""
-    if not skip_invalid:
-        raise error from None  # the DataError says it all; no "during handling" chain
-    if stats is not None:
-        _count(stats, error)
 
 
 def _sniff(path: Path, size: int = 4096) -> str:

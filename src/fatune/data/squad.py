@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from fatune.data.sources import LoadStats, local_path, select_rows, skip_or_raise
+from fatune.data.records import LoadStats, local_path, select_rows, skip_or_raise
 from fatune.data.validate import load_json
 from fatune.errors import DataError
 

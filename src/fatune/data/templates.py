@@ -24,7 +24,7 @@ from fatune.errors import FatuneError
 
 TEMPLATE_NAMES = ("auto", "gemma", "chatml", "hf")
 # Turn delimiters that already exist as special tokens in common vocabularies, in order of preference.
-TURN_TOKENS = (("<start_of_turn>", "<end_of_turn>"), ("<|im_start|>", "<|im_end|>"))
+TURN_TOKEN_PAIRS = (("<start_of_turn>", "<end_of_turn>"), ("<|im_start|>", "<|im_end|>"))
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def _has_token(tokenizer, token: str) -> bool:
 
 
 def _turn_tokens(tokenizer) -> tuple[str, str] | None:
-    for start, end in TURN_TOKENS:
+    for start, end in TURN_TOKEN_PAIRS:
         if _has_token(tokenizer, start) and _has_token(tokenizer, end):
             return start, end
     return None
@@ -185,7 +185,7 @@ def get_template(name: str | ChatTemplate, tokenizer) -> ChatTemplate:
         return HFTemplate(tokenizer)
     if turns is None:
         raise FatuneError(f"template {name!r} needs start/end-of-turn special tokens "
-                          f"({' or '.join('/'.join(t) for t in TURN_TOKENS)}); this tokenizer has neither")
+                          f"({' or '.join('/'.join(t) for t in TURN_TOKEN_PAIRS)}); this tokenizer has neither")
     roles = {"system": "system", "user": "user", "assistant": "assistant"}
     if name == "gemma":
         roles["assistant"] = "model"

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from fatune.data.sources import LoadStats, display_name, local_path, select_rows, skip_or_raise
+from fatune.data.records import LoadStats, display_name, local_path, select_rows, skip_or_raise
 from fatune.errors import DataError
 
 TRANSLATION_INSTRUCTION = "این متن انگلیسی را به فارسی ترجمه کنید:"

@@ -12,6 +12,8 @@ import io
 from pathlib import Path
 from typing import Iterator
 
+from fatune.data.records import select_rows, skip_or_raise
+from fatune.data.validate import short_repr
 from fatune.errors import DataError
 
 _SHOWN = 5  # header columns quoted in an error: a file that is no TSV can have a megabyte-long first line
@@ -40,9 +42,6 @@ def tsv_rows(handle, name: str, required: tuple[str, ...], needs: str, rows: sli
     ``needs`` completes the header error ("a FarsTail TSV needs the columns ..."). A row with too few
     columns, or with more than the header and text in the extra ones, is a ``DataError``, skipped and counted
     with ``skip_invalid``. Blank lines are not records (as in JSONL)."""
-    from fatune.data.sources import select_rows, skip_or_raise  # sources dispatches to the readers using this
-    from fatune.data.validate import short_repr
-
     reader = csv.reader(handle, delimiter="\t")
     try:
         header = [column.strip() if strip_header else column for column in next(reader, None) or []]

@@ -15,11 +15,11 @@ the task's error (``n/a`` with the reason in the report) and never stops the rep
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 
+from fatune.artifact import final_dir, read_metadata
 from fatune.errors import FatuneError
 from fatune.eval.run import dumps, evaluate, task_key
 
@@ -112,12 +112,10 @@ def runs_precision(entries: list[dict]) -> str | None:
     for entry in entries:
         if not entry["run"]:
             continue
-        meta = entry["run"] / "final" / "fatune.json"
-        meta = meta if meta.exists() else entry["run"] / "fatune.json"  # a checkpoint's
-        if meta.exists():
-            precision = json.loads(meta.read_text()).get("precision")
-            if precision:
-                return precision
+        final = final_dir(entry["run"])  # RUN/final, or a checkpoint itself
+        precision = read_metadata(final, require=()).get("precision") if final is not None else None
+        if precision:
+            return precision
     return None
 
 

@@ -16,9 +16,13 @@ import re
 import time
 from pathlib import Path
 
+from fatune.artifact import CHECKPOINTS_DIR, FATUNE_JSON, FINAL_DIR
 from fatune.errors import FatuneError
 
-TASKS = ("loss", "fidelity", "farstail", "mc", "sib200", "qa", "translate")
+# Every task, as written in --tasks: the one list fatune eval's checks and its --help are built from.
+TASK_FORMS = {"loss": "loss[:PATH]", "fidelity": "fidelity[:PATH]", "farstail": "farstail[:PATH]", "mc": "mc:PATH",
+              "sib200": "sib200:PATH", "qa": "qa:PATH (SQuAD 2.0 JSON)", "translate": "translate:SRC+TGT"}
+TASKS = tuple(TASK_FORMS)
 # Tasks that need a path, and how to write it.
 NEEDS_PATH = {"mc": "mc:PATH (JSONL with question, candidates, answer)",
               "sib200": "sib200:PATH (a SIB-200 TSV with index_id, category, text)",
@@ -44,7 +48,8 @@ def task_key(spec: str) -> str:
 
 def _check_files(name: str, path: str) -> None:
     """Fail before the model loads when a task file is missing (its contents are checked when read)."""
-    from fatune.data.sources import local_path, parse_source
+    from fatune.data.records import local_path
+    from fatune.data.sources import parse_source
 
     if name == "translate":
         from fatune.eval.translate import pair_of
@@ -84,9 +89,9 @@ def run_dir_of(run_or_model: str) -> Path | None:
     path = Path(run_or_model)
     if (path / "config.yaml").exists():
         return path
-    if path.name == "final" and (path.parent / "config.yaml").exists():
+    if path.name == FINAL_DIR and (path.parent / "config.yaml").exists():
         return path.parent
-    if path.parent.name == "checkpoints" and (path / "fatune.json").exists():
+    if path.parent.name == CHECKPOINTS_DIR and (path / FATUNE_JSON).exists():
         return path  # RUN/checkpoints/step-N: evaluated like a run (learning curves), its metrics kept beside it
     return None
 
@@ -115,7 +120,7 @@ def evaluate(run_or_model: str, tasks: str, limit: int | None = None, max_new_to
     from fatune.eval.qa import qa_task
     from fatune.eval.translate import translate_task
     from fatune.generation import load
-    from fatune.training.final import versions
+    from fatune.environment import versions
 
     plan = parse_tasks(tasks)
     started = time.perf_counter()

@@ -25,8 +25,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from fatune.artifact import CHECKPOINTS_DIR
 from fatune.data.render import IGNORE, render_batch, trained_spans, truncate
-from fatune.data.sources import local_path, parse_source
+from fatune.data.records import local_path
+from fatune.data.sources import parse_source
 from fatune.errors import DataError, FatuneError
 from fatune.eval import metrics
 from fatune.eval.choice import option_loglikelihoods, target_logprobs
@@ -37,7 +39,7 @@ FARSTAIL_TEST_URL = "https://raw.githubusercontent.com/dml-qom/FarsTail/master/d
 def run_config_of(run_dir: Path) -> Path | None:
     """The ``config.yaml`` of a run dir, or of the run a checkpoint belongs to."""
     for candidate in (run_dir / "config.yaml", run_dir.parent.parent / "config.yaml"):
-        if candidate.exists() and (candidate.parent == run_dir or run_dir.parent.name == "checkpoints"):
+        if candidate.exists() and (candidate.parent == run_dir or run_dir.parent.name == CHECKPOINTS_DIR):
             return candidate
     return None
 
@@ -208,8 +210,9 @@ def _farstail_file(path: str | None) -> str | Path:
             with urllib.request.urlopen(farstail_url(), timeout=10) as response:
                 data = response.read()
         except OSError as error:
-            raise FatuneError(f"farstail: could not download the FarsTail test set ({error}); pass a local copy "
-                              "as farstail:PATH (e.g. farstail:../shared/data/farstail/test.tsv)") from None
+            raise FatuneError(f"farstail: could not download the FarsTail test set ({error}); use the bundled "
+                              "copy (farstail:fatune:tasks/farstail/test.tsv) or pass a local one as "
+                              "farstail:path/to/test.tsv") from None
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     return target

@@ -10,6 +10,9 @@ RUN_OR_MODEL can be:
 * a PEFT adapter dir or hub id (e.g. the seed's ``AliHamzeh/gemma2-2b-it-persian-p-tuned``): the base comes
   from ``adapter_config.json``. ``tokenizer`` and ``template`` override what the artifact says; the seed's
   adapters need ``philschmid/gemma-tokenizer-chatml`` and ``chatml``.
+
+Finding a run's artifact and reading its ``fatune.json`` is ``fatune.artifact``'s; this module turns
+what it says into a loaded model.
 """
 
 from __future__ import annotations
@@ -20,10 +23,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fatune.artifact import find_artifact, tokenizer_dir
 from fatune.errors import FatuneError
 from fatune.hub import first_line, offline_unless_reachable
-
-FATUNE_JSON = "fatune.json"
 
 
 @dataclass
@@ -44,23 +46,23 @@ class Loaded:
 
     def autocast(self):
         """The context generation runs in: bf16 autocast for a bf16 run (as the HF Trainer ran its forward)."""
-        return _autocast(self.model) if self.precision == "bf16" else nullcontext()
+        return bf16_autocast(self.model) if self.precision == "bf16" else nullcontext()
 
 
-def _autocast(model):
+def bf16_autocast(model):
     import torch
 
     return torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
 
 
-def _forward_in_autocast(module) -> None:
+def _forward_inbf16_autocast(module) -> None:
     """Make every call of ``module`` (evaluation's loss, a user's own forward) compute under bf16 autocast,
     not only generation: a bf16 run's model mixes bf16 and fp32 weights and computes as trained only there."""
     forward = module.forward
 
     @functools.wraps(forward)
     def run(*args, **kwargs):
-        with _autocast(module):  # a new context per call: autocast state is per thread (streaming generates in one)
+        with bf16_autocast(module):  # a new context per call: autocast state is per thread (streaming generates in one)
             return forward(*args, **kwargs)
 
     module.forward = run
@@ -105,31 +107,7 @@ def _precision(meta: dict, dtype, precision: str | None = None) -> str:
     return "bf16" if meta.get("precision") == "bf16" else "fp32"
 
 
-def final_dir(path: Path) -> Path | None:
-    """The artifact dir of a run (``RUN/final``) or the path itself when it is one."""
-    if (path / FATUNE_JSON).exists():
-        return path
-    if (path / "final" / FATUNE_JSON).exists():
-        return path / "final"
-    if (path / "config.yaml").exists() and (path / "checkpoints").is_dir():
-        raise FatuneError(f"{path}: this run has no final/ yet (it did not finish); run the same "
-                          "`fatune train` command again to resume it, or point at a checkpoint's base model")
-    return None
-
-
-def tokenizer_dir(final: Path) -> Path:
-    """Where the tokenizer of an artifact dir is: in it (``final/``, and checkpoints of older fatune
-    versions), or, for ``RUN/checkpoints/step-N``, the one copy its run keeps in ``RUN/tokenizer``."""
-    final = Path(final)
-    if (final / "tokenizer_config.json").exists():
-        return final
-    shared = final.parent.parent / "tokenizer"
-    if final.parent.name == "checkpoints" and (shared / "tokenizer_config.json").exists():
-        return shared
-    return final  # loading it names this dir in its error
-
-
-def _adapter_config(name: str) -> dict | None:
+def adapter_config(name: str) -> dict | None:
     """``adapter_config.json`` of a local dir or hub repo, or None when ``name`` is not a PEFT adapter."""
     path = Path(name).expanduser()
     if path.is_dir():
@@ -162,9 +140,8 @@ def load(run_or_model: str, *, tokenizer: str | None = None, template: str | Non
     path = Path(run_or_model).expanduser()
     if run_or_model.startswith(("/", ".", "~")) and not path.exists():
         raise FatuneError(f"{run_or_model}: no such run or model directory")
-    final = final_dir(path) if path.is_dir() else None
-    meta = json.loads((final / FATUNE_JSON).read_text()) if final else {}
-    adapter = _adapter_config(str(final or run_or_model))
+    final, meta = find_artifact(path)
+    adapter = adapter_config(str(final or run_or_model))
     if meta:
         base_name = meta["base_model"]
         tokenizer_name = tokenizer or str(tokenizer_dir(final))  # the run saved its tokenizer
@@ -218,6 +195,6 @@ def load(run_or_model: str, *, tokenizer: str | None = None, template: str | Non
     for param in model.parameters():
         param.requires_grad_(False)
     if precision == "bf16":
-        _forward_in_autocast(model)
+        _forward_inbf16_autocast(model)
     return Loaded(model, tok, template, bool(meta.get("normalize", False)), meta.get("digits"),
                   meta.get("method") or ("adapter" if adapter else None), meta, precision)

@@ -19,9 +19,9 @@ from fatune.methods import parameter_report
 
 def chat_token_ids(tokenizer) -> list[int]:
     """Ids of the chat templates' turn tokens that ``tokenizer`` has as real (non-unknown) tokens."""
-    from fatune.data.templates import TURN_TOKENS
+    from fatune.data.templates import TURN_TOKEN_PAIRS
 
-    ids = {tokenizer.convert_tokens_to_ids(token) for pair in TURN_TOKENS for token in pair}
+    ids = {tokenizer.convert_tokens_to_ids(token) for pair in TURN_TOKEN_PAIRS for token in pair}
     return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
 
 

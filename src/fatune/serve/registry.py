@@ -19,14 +19,14 @@ adapters (``fatune.generation.load``; ``serve.weights.Standalone``).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from fatune.artifact import FINAL_DIR, final_dir, find_artifact, tokenizer_dir
 from fatune.errors import FatuneError
-from fatune.generation.loading import FATUNE_JSON, _adapter_config, final_dir, method_config, tokenizer_dir
+from fatune.generation.loading import adapter_config, method_config
 from fatune.serve.weights import SharedBase, Standalone
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,11 @@ def parse_target(spec: str) -> Target:
 
 
 def default_id(source: str) -> str:
-    path = Path(source).expanduser()
-    final = final_dir(path) if path.is_dir() else None
+    final = final_dir(Path(source).expanduser())
     if final is None:
         return source
     final = final.resolve()
-    return final.parent.name if final.name == "final" else final.name
+    return final.parent.name if final.name == FINAL_DIR else final.name
 
 
 def parse_targets(specs: Sequence[str]) -> list[Target]:
@@ -101,10 +100,8 @@ def _plan(target: Target) -> _Plan:
     path = Path(target.source).expanduser()
     if target.source.startswith(("/", ".", "~")) and not path.exists():
         raise FatuneError(f"{target.source}: no such run or model directory")
-    final = final_dir(path) if path.is_dir() else None
-    if final is None:
-        return _Plan(target)
-    return _Plan(target, final, json.loads((final / FATUNE_JSON).read_text()))
+    final, meta = find_artifact(path)
+    return _Plan(target, final, meta)
 
 
 @dataclass
@@ -237,7 +234,7 @@ def build_registry(specs: Sequence[str]) -> Registry:
     for key, runs in groups.items():
         base = next((p for p in plans if not p.meta and p.key() == key and key[1] is None and key[2] == "fp32"
                      and p.target.id not in models), None)
-        if base is not None and _adapter_config(base.target.source):
+        if base is not None and adapter_config(base.target.source):
             base = None  # a plain PEFT adapter, not a base model: it loads on its own
         log.info("loading %s once for %s", key[0], ", ".join(p.target.id for p in runs))
         models.update((m.id, m) for m in _load_group(key, runs, base))

@@ -42,9 +42,9 @@ class SharedBase:
         self._adapters = 0
 
     def autocast(self):
-        from fatune.generation.loading import _autocast
+        from fatune.generation.loading import bf16_autocast
 
-        return _autocast(self.base) if self.precision == "bf16" else nullcontext()
+        return bf16_autocast(self.base) if self.precision == "bf16" else nullcontext()
 
     def add_prompt_encoder(self, final: Path):
         """The run's virtual token embeddings, computed once as ``ChatModel`` computes them per batch."""

@@ -5,7 +5,7 @@ Three layouts (``RowCollator.layout``):
 * ``flat`` (default): padding-free. The batch's rows, each holding one or more conversations, are
   concatenated into a single row of ``sum(lengths)`` tokens; ``position_ids`` restart at every
   conversation and there is no attention mask. No pad token is ever computed. Attention stays inside
-  each conversation: ``fatune_varlen`` (see ``attention``) or flash-attention's varlen kernels do it
+  each conversation: ``fatune_varlen`` (see ``fatune.attention``) or flash-attention's varlen kernels do it
   per conversation; plain eager/sdpa do it through transformers' block-diagonal mask
   (``find_packed_sequence_indices``, as long as the forward creates no KV cache).
 * ``padded``: rows right-padded to the longest, with restarting ``position_ids`` and no mask; the

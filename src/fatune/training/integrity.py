@@ -26,7 +26,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from fatune.training.final import FATUNE_JSON
+from fatune.artifact import FATUNE_JSON
 from fatune.training.rundir import checkpoints
 
 log = logging.getLogger(__name__)

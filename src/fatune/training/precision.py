@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from fatune.artifact import CHECKPOINTS_DIR
 from fatune.errors import FatuneError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def cpu_bf16_speedup(size: int = 1024, repeats: int = 5) -> float:
     return best[torch.float32] / max(best[torch.bfloat16], 1e-9)
 
 
-def resolve(train_cfg, model_type: str, method: str = "full", recorded: str | None = None) -> Settings:
+def resolve_precision(train_cfg, model_type: str, method: str = "full", recorded: str | None = None) -> Settings:
     """The precision, optimizer and base dtype for this machine. ``recorded``: the precision this run
     resolved when it started (a resumed run); ``auto`` keeps it instead of measuring again."""
     import torch
@@ -162,7 +163,7 @@ def training_arguments(config, out: Path, settings: Settings, has_eval: bool = T
         scheduler = "constant_with_warmup"
     distributed_cpu = settings.device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return TrainingArguments(
-        output_dir=str(out / "checkpoints"),
+        output_dir=str(out / CHECKPOINTS_DIR),
         per_device_train_batch_size=train.batch_size, per_device_eval_batch_size=config.eval.batch_size,
         gradient_accumulation_steps=train.grad_accum, learning_rate=train.learning_rate,
         lr_scheduler_type=scheduler, warmup_steps=train.warmup_ratio,  # a float below 1 is a ratio of all steps

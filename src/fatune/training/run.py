@@ -15,17 +15,12 @@ from pathlib import Path
 
 import yaml
 
+from fatune.artifact import final_path, save_run_tokenizer
 from fatune.errors import FatuneError
 from fatune.training import precision as precision_rules
 from fatune.training.callbacks import LossCurve, MetricsLog, Progress, read_metrics
 from fatune.training.collator import RowCollator
-from fatune.training.final import (
-    checkpoint_loads_as_final,
-    run_meta,
-    save_final,
-    save_run_tokenizer,
-    write_summary,
-)
+from fatune.training.final import checkpoint_loads_as_final, run_meta, save_final, write_summary
 from fatune.training.integrity import usable_checkpoint
 from fatune.training.rundir import (
     RunLock,
@@ -102,7 +97,7 @@ def _precision(config, out: Path, model_type: str, overwrite: bool):
     decision) and, under DDP, rank 0's decision on every rank."""
     train_cfg, method = config.train, config.method.name
     has_eval = config.data.val_ratio > 0
-    settings = precision_rules.resolve(train_cfg, model_type, method, _recorded_precision(out, overwrite))
+    settings = precision_rules.resolve_precision(train_cfg, model_type, method, _recorded_precision(out, overwrite))
     args = precision_rules.training_arguments(config, out, settings, has_eval=has_eval)
     if settings.device == "cpu" and args.world_size > 1:  # world_size sets up the process group agree uses
         agreed = precision_rules.agree(settings)
@@ -130,7 +125,7 @@ def train(config, overwrite: bool = False) -> TrainResult:
     from fatune.data.prepare import prepare
     from fatune.data.templates import get_template
     from fatune.methods import get_method
-    from fatune.models import load_config, load_tokenizer
+    from fatune.models import load_model_config, load_tokenizer
 
     out = Path(config.output.dir)
     started = time.perf_counter()
@@ -138,7 +133,7 @@ def train(config, overwrite: bool = False) -> TrainResult:
         tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model_type = load_config(config.model.path).model_type
+        model_type = load_model_config(config.model.path).model_type
         settings, args = _precision(config, out, model_type, overwrite)
         with args.main_process_first(desc="prepare the run dir and the data"):
             if _is_main_process():
@@ -194,7 +189,7 @@ def train(config, overwrite: bool = False) -> TrainResult:
             final_eval = logged[-1]["eval_loss"] if logged else trainer.evaluate()["eval_loss"]
         summary = None
         if trainer.args.should_save:
-            save_final(trainer.model, method, tokenizer, template, config, out / "final", settings.precision)
+            save_final(trainer.model, method, tokenizer, template, config, final_path(out), settings.precision)
             summary = write_summary(out, config, trainer, output, report, prepared, final_eval,
                                     time.perf_counter() - started, settings)
         trainer.accelerator.wait_for_everyone()

@@ -23,6 +23,7 @@ import shutil
 import signal
 from pathlib import Path
 
+from fatune.artifact import CHECKPOINTS_DIR
 from fatune.errors import FatuneError
 
 SUMMARY = "train_summary.json"
@@ -92,7 +93,7 @@ def checkpoints(out: Path) -> list[tuple[int, Path]]:
     progress (``.tmp-step-N``), a rotation in progress (``.del-step-N``) and a checkpoint set aside
     (``step-N.corrupt``) are not checkpoints. A ``step-N`` is whole unless something damaged it after
     its rename; ``integrity.usable_checkpoint`` checks that before a resume."""
-    root = Path(out) / "checkpoints"
+    root = Path(out) / CHECKPOINTS_DIR
     found = []
     if root.is_dir():
         for child in root.iterdir():
@@ -139,7 +140,7 @@ def truncate_metrics(out: Path, step: int) -> None:
 def remove_partial_saves(out: Path) -> None:
     """Remove what killed saves and rotations left behind (``.tmp-step-N``, ``.del-step-N``): never loaded,
     only disk space. Called with the run lock held, so no other process is saving into them."""
-    root = Path(out) / "checkpoints"
+    root = Path(out) / CHECKPOINTS_DIR
     if root.is_dir():
         for child in root.iterdir():
             if child.name.startswith((".tmp-step-", ".del-step-")):

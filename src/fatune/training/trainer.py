@@ -20,7 +20,6 @@ What it lacks, and is added here:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -32,10 +31,10 @@ from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import unwrap_peft_model
 
+from fatune.artifact import CHECKPOINTS_DIR, write_metadata
 from fatune.errors import FatuneError
 from fatune.fsutil import is_disk_full
 from fatune.training import head
-from fatune.training.final import FATUNE_JSON
 from fatune.training.rundir import FAULT_ENV, checkpoints, fault_point, rotate
 
 
@@ -112,7 +111,7 @@ class FatuneTrainer(Trainer):
         ``scaler`` (fp16 only), ``rng_state``, ``trainer_state``, ``fatune_json``, ``renamed`` (``step-N``
         in place, older ones not yet rotated), then per rotated checkpoint ``rotate-renamed`` and ``rotated``."""
         step = self.state.global_step
-        root = self.run_dir / "checkpoints"
+        root = self.run_dir / CHECKPOINTS_DIR
         final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
         try:
             self._write_checkpoint(tmp, step)
@@ -157,8 +156,7 @@ class FatuneTrainer(Trainer):
             self.state.save_to_json(str(tmp / TRAINER_STATE_NAME))
             fault_point("trainer_state", step, tmp / TRAINER_STATE_NAME)
             if self.checkpoint_meta is not None:
-                (tmp / FATUNE_JSON).write_text(json.dumps(self.checkpoint_meta, indent=2, ensure_ascii=False))
-                fault_point("fatune_json", step, tmp / FATUNE_JSON)
+                fault_point("fatune_json", step, write_metadata(tmp, self.checkpoint_meta))
 
 
 def disk_full(error: BaseException, root: Path) -> bool:

@@ -1,5 +1,9 @@
-"""Padding-free attention without a flash-attention build: each packed conversation attends only to itself.
+"""Which attention kernel a model loads with (``attention_for``), and fatune's own varlen kernel.
 
+``fatune.models.load_model`` applies ``attention_for``, so the rule and the kernel it may pick sit at the
+models' level, below training, generation and evaluation, which all load models through it.
+
+Padding-free attention without a flash-attention build: each packed conversation attends only to itself.
 A padding-free batch is one row holding several conversations, their ``position_ids`` restarting at
 each. transformers keeps them apart on eager/sdpa by building a ``(tokens x tokens)`` block-diagonal
 mask: the attention then costs ``(sum of lengths)^2`` and materializes that mask and score matrix for
@@ -17,7 +21,45 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from fatune.errors import FatuneError
+
 NAME = "fatune_varlen"
+
+
+def has_flash_attention() -> bool:
+    """CUDA and flash-attn >= 2.6.3 (the first with soft-capping, which Gemma 2 needs)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from importlib.metadata import version
+
+        from packaging.version import Version
+
+        return Version(version("flash_attn")) >= Version("2.6.3")
+    except Exception:  # not installed (or unreadable version)
+        return False
+
+
+def attention_for(model_type: str, requested: str = "auto", padding_free: bool = False) -> str | None:
+    """The attention kernel to load a model with.
+
+    Padding-free training (several conversations in one row) wants varlen attention: flash_attention_2
+    when installed, else fatune's own ``fatune_varlen`` (``register``, below). Otherwise
+    Gemma 2, which soft-caps its attention logits (sdpa ignores that; transformers refuses it), gets
+    flash_attention_2 when installed, else eager; other models keep transformers' default.
+    """
+    if model_type == "gemma2" and requested == "sdpa":
+        raise FatuneError("model.attn_implementation: sdpa ignores Gemma 2's attention soft-capping; use eager, "
+                          "fatune_varlen or flash_attention_2")
+    if requested == "auto" and padding_free:
+        requested = "flash_attention_2" if has_flash_attention() else "fatune_varlen"
+    if requested == "fatune_varlen":
+        return register()
+    if requested != "auto":
+        return requested
+    if model_type != "gemma2":
+        return None
+    return "flash_attention_2" if has_flash_attention() else "eager"
 
 
 def _segments(position_ids: torch.Tensor | None, batch: int, length: int) -> list[list[tuple[int, int]]]:
