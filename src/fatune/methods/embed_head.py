@@ -9,6 +9,31 @@ weight decay cannot touch a frozen row (a gradient mask on the full matrix would
 and still decay masked rows). Forward hooks splice the trainable rows into the embedding output and
 the logits, so no module is replaced: HF saving, loading, tying, Trainer wrapping and gradient
 checkpointing all see the original model. ``merge`` writes the rows back and removes the hooks.
+
+**Why not PEFT's ``TrainableTokens``** (measured 2026-11-29, peft 0.21.2, torch 2.13, on the 2-core AMD
+EPYC dev machine, one core used; ``scripts/trial_trainable_tokens.py``, its docstring has the command).
+It trains the same rows with the same results: in fp32 the per-step losses are equal and the merged
+matrices agree to 1.4e-7 (tied Gemma 3) and 2.8e-5 (untied Gemma 2) after 5 AdamW steps; other rows stay
+bit-identical, gradient checkpointing changes nothing, and ``merge_and_unload`` saves a plain tied model.
+But each forward rebuilds the whole matrix (``weight.index_copy``, for the embedding and again for the
+tied head) and autograd gives that copy a dense ``vocab x hidden`` gradient before picking the rows out.
+On a random Gemma 3 of 262,144 x 256 (2 layers, 128 tokens, 8,332 rows), 3 child processes per arm
+(ranges: the 3 runs):
+
+==================================  ==========================  ======================
+arm                                 step peak RSS over model    CPU s/step (median)
+==================================  ==========================  ======================
+these hooks (today)                 423 MiB                     0.90-0.96
+TrainableTokens                     674 MiB (+one fp32 matrix)  1.33-1.53
+hooks, fused head (a)               314 MiB                     0.74-0.75
+TrainableTokens, fused head (a)     314 MiB                     0.94-1.01
+==================================  ==========================  ======================
+
+(a) ``training.head`` declines both heads today (hooks; a ``TrainableTokensLayer`` is not its
+``token_adapter`` wrapper); these rows feed it the trained rows as it takes lora's chat tokens. In bf16,
+TrainableTokens sums the embedding side's row gradients in bf16 (4.5e-4 vs 1.5e-3 largest loss gap to
+fp32 over 5 steps, hooks vs it). What it would give: checkpoints of only the rows (an adapter of ~43 MB
+for Gemma 3 270M instead of the whole model).
 """
 
 from __future__ import annotations
@@ -21,12 +46,12 @@ import torch
 from torch import nn
 
 from fatune.data.script import has_persian_letter
-from fatune.data.templates import TURN_TOKENS as TEMPLATE_TURN_TOKENS
+from fatune.data.templates import TURN_TOKEN_PAIRS
 from fatune.errors import FatuneError
 
-# Turn markers of Gemma and ChatML (the templates' own list): they open and close every assistant reply,
-# so they must train too.
-TURN_TOKENS = tuple(token for pair in TEMPLATE_TURN_TOKENS for token in pair)
+# Turn markers of Gemma and ChatML, flattened from the templates' (start, end) pairs: they open and close
+# every assistant reply, so they must train too.
+TURN_TOKEN_NAMES = tuple(token for pair in TURN_TOKEN_PAIRS for token in pair)
 _STATE = "_fatune_embed_head"  # attribute on the input-embedding module; survives Trainer/PEFT wrapping
 
 
@@ -49,7 +74,7 @@ def persian_token_ids(tokenizer) -> list[int]:
         texts = tokenizer.convert_ids_to_tokens(list(range(size)))
     ids = {i for i, text in enumerate(texts) if text and has_persian_letter(text.replace("\u2581", ""))}
     ids.update(i for i in tokenizer.all_special_ids if i is not None)
-    for token in TURN_TOKENS:
+    for token in TURN_TOKEN_NAMES:
         token_id = tokenizer.convert_tokens_to_ids(token)
         if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
             ids.add(token_id)
