@@ -203,7 +203,8 @@ class TrainConfig(Section):
     fused_head: bool = True
     """Project the LM head only at trained positions, in chunks, with the loss and its gradient fused,
     so that full ``(tokens x vocab)`` logits never exist. false: the model's own loss over full logits.
-    Models whose head is hooked or PEFT-wrapped (embed_head with a row subset) always use their own."""
+    Models it does not cover (``training.head.why_not``: other model types, a head with foreign hooks or a
+    bias, DeepSpeed ZeRO-3) always use their own."""
 
 
 class EvalConfig(Section):

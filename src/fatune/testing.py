@@ -71,13 +71,14 @@ def gemma2_2b_shaped(vocab_size: int = 262144, layers: int = 2, seed: int = 0, *
     return tiny_gemma2(vocab_size, seed, **{**GEMMA2_2B, "num_hidden_layers": layers, **overrides})
 
 
-def tiny_gemma3(vocab_size: int, seed: int = 0):
+def tiny_gemma3(vocab_size: int, seed: int = 0, **overrides):
     """A randomly initialized 2-layer Gemma 3 text model (its embedding scales inside the module) for CPU tests."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
+    settings = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=16,
+                    pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    settings.update(overrides)
     torch.manual_seed(seed)
-    config = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=16,
-                              pad_token_id=0, eos_token_id=1, bos_token_id=2, attn_implementation="eager")
-    return Gemma3ForCausalLM(config).eval()
+    return Gemma3ForCausalLM(Gemma3TextConfig(**settings, attn_implementation="eager")).eval()

@@ -77,7 +77,7 @@ def test_trained_parameters_and_optimizer_state_are_fp32_frozen_weights_bf16(bf1
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["precision"] == "bf16"
 
 
-@pytest.mark.parametrize("method, extra", [("lora", []), ("embed_head", [])])
+@pytest.mark.parametrize("method, extra", [("lora", []), ("embed_head", []), ("embed_head", ["method.rows=persian"])])
 def test_bf16_losses_track_fp32(tmp_path, tiny_model_dir, method, extra):
     losses = {}
     for precision in ("fp32", "bf16"):

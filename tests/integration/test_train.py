@@ -105,6 +105,49 @@ def test_embed_head_persian_rows_leave_other_rows_identical(tmp_path, tiny_model
     assert result.summary["trainable_params"] == int(persian.sum()) * before.shape[1]
 
 
+@pytest.fixture(scope="module")
+def untied_gemma3_dir(tiny_tok, tmp_path_factory):
+    from fatune.testing import tiny_gemma3
+
+    path = tmp_path_factory.mktemp("untied_gemma3")
+    tiny_gemma3(len(tiny_tok), tie_word_embeddings=False).save_pretrained(path)
+    tiny_tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("base", ["tied_gemma2", "untied_gemma3"])
+def test_embed_head_rows_train_the_same_with_and_without_the_fused_head(tmp_path, tiny_model_dir, untied_gemma3_dir,
+                                                                        monkeypatch, base):
+    """train.fused_head on a row subset scores with the rows spliced into the head's weight (no full logits): the
+    same per-step and evaluation losses as the hooks over full logits, and a final/ that loads the same."""
+    from transformers import AutoModelForCausalLM
+
+    from fatune.methods import embed_head
+
+    spliced = []
+    original = embed_head.fused_head_weight
+    monkeypatch.setattr(embed_head, "fused_head_weight", lambda model: spliced.append(1) or original(model))
+    model_dir = tiny_model_dir if base == "tied_gemma2" else untied_gemma3_dir
+    losses, finals = {}, {}
+    for fused in (True, False):
+        calls = len(spliced)
+        result = train(tiny_train_config(model_dir, tmp_path / str(fused), "embed_head", "method.rows=persian",
+                                         f"train.fused_head={str(fused).lower()}"))
+        assert (len(spliced) > calls) == fused  # the fused head took the rows, not the fallback
+        rows = [json.loads(line) for line in (result.out / "metrics.jsonl").read_text().splitlines()]
+        losses[fused] = [r[key] for r in rows for key in ("loss", "eval_loss") if key in r]
+        final, info = AutoModelForCausalLM.from_pretrained(result.out / "final", output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        assert (final.get_output_embeddings().weight is final.get_input_embeddings().weight) == (base == "tied_gemma2")
+        finals[fused] = final.eval()
+    assert len(losses[True]) == 4 + 2
+    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-5, atol=0)
+    ids = torch.tensor([list(range(3, 40))])
+    with torch.no_grad():
+        torch.testing.assert_close(finals[True](input_ids=ids).logits, finals[False](input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_ptuning_trains_unpacked_so_every_conversation_sees_the_virtual_tokens(tmp_path, tiny_model_dir, tiny_tok):
     from fatune.data.prepare import prepare
 

@@ -1,4 +1,5 @@
-"""embed_head: only the embeddings/LM head train; a row subset trains through a small parameter and hooks."""
+"""embed_head: only the embeddings/LM head train; a row subset trains through a small parameter and hooks,
+or through the fused LM head (``training.head``), which must train it as the hooks do."""
 
 from __future__ import annotations
 
@@ -226,3 +227,65 @@ def test_trainer_with_checkpointing_trains_only_the_rows(tiny_tok, tmp_path):
     assert model.is_gradient_checkpointing
     embedding = model.get_input_embeddings()
     assert torch.equal(embedding.weight, base) and not torch.equal(embedding.trainable_rows, rows)
+
+
+
+MODELS = {"gemma2": tiny_gemma2, "gemma3": tiny_gemma3}  # gemma2: soft-capped logits; gemma3: scaled embedding
+
+
+def hooked_with_changed_rows(tok, family, tied):
+    """A persian-rows model whose trainable rows differ from the frozen matrix's, as after some training, so a
+    head that ignored them would give another loss."""
+    model = embed_head.apply(MODELS[family](len(tok), tie_word_embeddings=tied), cfg("persian"), tok)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    return model.train()
+
+
+def trained_params(model):
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_fused_head_trains_the_rows_as_the_hooks_do(tiny_tok, family, tied):
+    """``train.fused_head`` scores with the rows spliced into a copy of the matrix and takes their gradient itself:
+    the same loss and row gradients (embedding side and head side) as the hooks over full logits, and an
+    optimizer step moves the trained rows only."""
+    from fatune.training import head
+
+    batch = batch_for(tiny_tok)
+    batch["labels"][:, :4] = -100  # untrained positions too
+    own, fused = (hooked_with_changed_rows(tiny_tok, family, tied) for _ in range(2))
+    assert embed_head.report(own)["tied"] is tied and head.install(fused)
+    before = snapshot(fused)
+    own_loss = own(**batch).loss
+    fused_loss = fused(**batch, fused_head_loss=True).loss
+    own_loss.backward()
+    fused_loss.backward()
+    torch.testing.assert_close(fused_loss, own_loss, rtol=1e-5, atol=1e-6)
+    want = trained_params(own)
+    got = trained_params(fused)
+    assert sorted(got) == sorted(want) and len(got) == (1 if tied else 2)  # untied: lm_head.trainable_rows_head
+    for name, p in got.items():
+        assert p.grad.abs().sum() > 0, name
+        torch.testing.assert_close(p.grad, want[name].grad, rtol=1e-4, atol=1e-6)
+    torch.optim.AdamW(got.values(), lr=1e-2, weight_decay=0.1).step()
+    for name, p in fused.named_parameters():  # the frozen matrix (no gradient buffer either) and every layer
+        assert torch.equal(p, before[name]) != (name in got), name
+        assert (p.grad is None) != (name in got), name
+
+
+def test_fused_head_still_declines_a_head_with_other_hooks(tiny_tok):
+    from fatune.training import head
+
+    model = embed_head.apply(tiny_gemma2(len(tiny_tok)), cfg("persian"), tiny_tok)
+    assert head.why_not(model) is None and head.output_weight(model)[1] is not None
+    model.get_output_embeddings().register_forward_hook(lambda module, args, output: output * 2)
+    assert "forward hooks" in head.why_not(model)
+    merged = embed_head.merge(embed_head.apply(tiny_gemma2(len(tiny_tok)), cfg("persian"), tiny_tok))
+    weight, rows = head.output_weight(merged)  # no rows left apart: the head's own weight
+    assert rows is None and weight is merged.get_output_embeddings().weight and head.why_not(merged) is None

@@ -109,6 +109,24 @@ def test_autocast_matches_exact_logits_of_the_cast_operands(trained_head):
         assert weight.grad.dtype == torch.float32 and _rel(weight.grad, want_w) < 2e-2
 
 
+@pytest.mark.parametrize("base", [torch.float32, torch.bfloat16], ids=["fp32_base", "bf16_base"])
+def test_trained_rows_under_autocast_match_exact_logits_of_the_cast_operands(base):
+    """embed_head's rows (and lora's chat tokens): fp32 rows spliced into a frozen matrix, stored in fp32 or, as
+    bf16 training stores a frozen base, in bf16; their gradient is fp32 and as accurate as a trained head's."""
+    hidden, weight, labels = _batch(torch.float32, seed=3)
+    index = torch.cat([labels[labels != IGNORE][:6], torch.tensor([0, 150, 300], device=labels.device)]).unique().to(DEVICE)
+    rows = (torch.randn(len(index), weight.shape[1], device=DEVICE) * 0.5).requires_grad_()
+    with torch.no_grad():
+        spliced = weight.to(base).index_copy(0, index, rows.to(base))
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        total, _ = head.fused_head_loss_sum(hidden, spliced, labels, 30.0, rows=(index, rows))
+    total.backward()
+    want_loss, want_h, want_w = _exact(hidden.detach().bfloat16(), spliced.bfloat16(), labels, 30.0)
+    assert abs(total.item() - want_loss.item()) / want_loss.item() < 2e-3
+    assert _rel(hidden.grad, want_h) < 2e-2
+    assert rows.grad.dtype == torch.float32 and _rel(rows.grad, want_w[index]) < 2e-2
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_no_grad_computes_the_loss_only(dtype, monkeypatch):
     """Evaluation of a trained head (embed_head rows=all, full) must not build a weight gradient."""

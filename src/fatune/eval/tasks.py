@@ -82,8 +82,8 @@ def fused_head_for(model) -> bool:
     """Let ``model`` score held-out loss with the fused LM head (``training.head``): ``(tokens x vocab)``
     logits never exist, which with Gemma's 262k vocabulary is most of the memory of a long row. Installed
     under any PEFT wrapper, whose forward passes ``fused_head_loss`` on (P-Tuning prepends its virtual
-    tokens and pads the labels first). ``False`` where the head declines (a head with hooks, such as an
-    unmerged embed_head row subset, or a model type it does not cover): full logits then."""
+    tokens and pads the labels first). ``False`` where the head declines (``training.head.why_not``, e.g. a
+    model type it does not cover): full logits then."""
     from transformers.trainer_utils import unwrap_peft_model
 
     from fatune.training import head

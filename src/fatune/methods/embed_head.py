@@ -181,6 +181,30 @@ def apply(model, cfg, tokenizer=None):
     return model
 
 
+def head_hook_ids(model) -> set[int]:
+    """Ids (keys of ``module._forward_hooks``) of the hooks ``apply`` registered: ``training.head`` may ignore
+    these on the LM head, because it scores with ``fused_head_weight`` instead of calling the head."""
+    state = getattr(model.get_input_embeddings(), _STATE, None)
+    return {handle.id for handle in state.handles} if state is not None else set()
+
+
+def fused_head_weight(model) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None:
+    """What the head hook computes, as weights for ``training.head``'s fused head: a copy of the LM head's
+    matrix with the trained rows written in, made without autograd, and ``(row ids, trainable rows)``, whose
+    gradient the fused head computes for those rows alone (through the copy, autograd would build a dense
+    ``vocab x hidden`` gradient to keep a few rows of it). None unless a row subset trains through hooks."""
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    state = getattr(embedding, _STATE, None)
+    if head is None or state is None or not state.handles:
+        return None
+    # Untied: the head's own copy of the rows; tied: the embedding's, so both sides' gradients meet in one tensor.
+    rows = getattr(head, "trainable_rows_head", embedding.trainable_rows)
+    ids = embedding.trainable_row_ids
+    with torch.no_grad():
+        weight = head.weight.index_copy(0, ids, rows.to(head.weight.dtype))
+    return weight, (ids, rows)
+
+
 def merge(model):
     """Fold trained rows into the base matrices and remove hooks and extra tensors; a plain HF model remains."""
     embedding, head = model.get_input_embeddings(), model.get_output_embeddings()

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from fatune.data import IGNORE
+from fatune.methods import embed_head
 
 log = logging.getLogger(__name__)
 
@@ -236,16 +237,18 @@ def fused_head_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torc
     return _fused(h, weight, t, softcap, chunk_tokens, False, False)[0], trained.sum()
 
 
-def output_weight(head) -> tuple[torch.Tensor, tuple | None]:
+def output_weight(model) -> tuple[torch.Tensor, tuple | None]:
     """The LM head's effective weight, and the trained rows in it as ``(index, values)`` or None.
 
     Under PEFT's trainable tokens (lora/qlora ``method.chat_tokens``) the head is a wrapper whose forward
-    splices the trained rows into a copy of the frozen weight. The fused head scores with that copy (or the
-    trained rows would never be predicted) made without autograd, and takes the rows' gradient on its own:
-    through the copy, autograd would build a dense gradient for all 262k rows to keep two of them."""
+    splices the trained rows into a copy of the frozen weight; under embed_head with a row subset, a hook
+    does. The fused head scores with such a copy (or the trained rows would never be predicted) made
+    without autograd, and takes the rows' gradient on its own: through the copy, autograd would build a
+    dense gradient for all 262k rows to keep a few of them."""
+    head = model.get_output_embeddings()
     adapter = getattr(head, "token_adapter", None)
     if adapter is None:
-        return head.weight, None
+        return embed_head.fused_head_weight(model) or (head.weight, None)
     if adapter.merged or adapter.disable_adapters or not adapter.active_adapters:
         return adapter.base_layer.weight, None
     (name,) = adapter.active_adapters  # PEFT trains one adapter at a time
@@ -268,8 +271,10 @@ def why_not(model) -> str | None:
                 f"({', '.join(sorted(MODEL_TYPES))})")
     if type(head) is not nn.Linear or head.bias is not None:
         return f"the LM head is a {type(head).__name__}{' with a bias' if type(head) is nn.Linear else ''}, not a plain Linear"
-    if any(module._forward_hooks or module._forward_pre_hooks for module in (outer, head)):
-        return "the LM head carries hooks (embed_head with a row subset splices its trained rows in there)"
+    # embed_head's own hook splices its rows into the logits; output_weight splices them into the weight.
+    if any(module._forward_pre_hooks or module._forward_hooks.keys() - embed_head.head_hook_ids(model)
+           for module in (outer, head)):
+        return "the LM head carries forward hooks that the fused head would skip"
     if not hasattr(model, model.base_model_prefix):
         return f"{type(model).__name__} has no {model.base_model_prefix!r} body to call"
     if is_deepspeed_zero3_enabled():
@@ -306,7 +311,7 @@ def install(model, chunk_tokens: int | None = None) -> bool:
         kwargs["use_cache"] = False  # a KV cache would let packed conversations see each other
         # Looked up on every call: PEFT and DDP wrap modules after install.
         hidden = getattr(self, self.base_model_prefix)(*args, **kwargs).last_hidden_state
-        weight, rows = output_weight(self.get_output_embeddings())
+        weight, rows = output_weight(self)
         total, count = fused_head_loss_sum(hidden, weight, labels, softcap, chunk_tokens, rows)
         divisor = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
         return CausalLMOutputWithPast(loss=total / divisor)
