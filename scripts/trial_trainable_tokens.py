@@ -8,8 +8,9 @@ should take the same steps. This script checks that and measures what each costs
    losses and the merged matrices of the hooks (``fatune.methods.embed_head``) vs TrainableTokens
    (``peft.get_peft_model(model, TrainableTokensConfig(...))``), for a tied Gemma 3 (fp32, and a bf16 base
    with fp32 rows under autocast), an untied Gemma 2, and each with the fused LM head
-   (``fatune.training.head``) fed the way ``head.output_weight`` feeds it PEFT's chat tokens. Gradient
-   checkpointing must not change TrainableTokens' gradient.
+   (``fatune.training.head``): the hooks through ``head.install`` (what ``train.fused_head`` does),
+   TrainableTokens fed the way ``head.output_weight`` feeds it PEFT's chat tokens. Gradient checkpointing
+   must not change TrainableTokens' gradient.
 2. **final/**: the TrainableTokens model merged (``merge_and_unload``) and saved with ``save_pretrained``
    must reload with plain transformers (no missing or unexpected keys, still tied, same logits); the
    adapter a checkpoint would hold is reported by size.
@@ -22,15 +23,17 @@ should take the same steps. This script checks that and measures what each costs
    seconds and in CPU seconds (``process_time``: with one thread, what the step cost even when other
    processes share the core).
 
-Arms: ``hooks`` (today: the model's own loss over full logits, since the fused head declines a hooked
-head), ``peft`` (TrainableTokens, own loss; also what ``head.why_not`` leaves it today, since the head
-is then a ``TrainableTokensLayer``), ``peft+fused`` and ``hooks+fused`` (each with the fused head, which
-would need a change to ``training/head.py``).
+Arms: ``hooks`` (the model's own loss over full logits: ``train.fused_head=false``, and what the fused
+head's fallback gave before it took embed_head's rows), ``hooks+fused`` (``head.install``: the rows
+spliced into the head's weight, as ``train.fused_head`` trains them now), ``peft`` (TrainableTokens, own
+loss; also what ``head.why_not`` leaves it, since the head is then a ``TrainableTokensLayer``) and
+``peft+fused`` (TrainableTokens fed to the fused head by hand). ``--arms`` picks some; the table gives
+each arm's largest per-step loss gap to the first arm's.
 
 Run (about 2.5 CPU-minutes on one core; longer in wall time when other processes share it)::
 
     taskset -c 1 nice -n 5 env OMP_NUM_THREADS=1 PYTHONPATH=src python3 scripts/trial_trainable_tokens.py \\
-        [--repeats 3] [--steps 3] [--out trial.json]
+        [--repeats 3] [--steps 3] [--arms hooks,hooks+fused] [--skip-results] [--out trial.json]
 """
 
 from __future__ import annotations
@@ -81,41 +84,40 @@ def rows_and_batch(vocab: int, tokens: int, seed: int = 0):
 def apply_arm(model, arm: str, ids: list[int], tmp: Path):
     if arm.startswith("hooks"):
         from fatune.methods import embed_head
+        from fatune.training import head
 
         path = tmp / "rows.txt"
         path.write_text("\n".join(map(str, ids)))
-        return embed_head.apply(model, SimpleNamespace(rows=str(path)))
+        model = embed_head.apply(model, SimpleNamespace(rows=str(path)))
+        if arm.endswith("+fused") and not head.install(model):
+            raise SystemExit(f"training.head declines the hooked model: {head.why_not(model)}")
+        return model
     from peft import TrainableTokensConfig, get_peft_model
 
     targets = ["embed_tokens"] if model.config.tie_word_embeddings else ["embed_tokens", "lm_head"]
     return get_peft_model(model, TrainableTokensConfig(token_indices=list(ids), target_modules=targets))
 
 
-def fused_loss(model, batch, arm: str):
-    """The loss as ``FatuneTrainer`` computes it with ``train.fused_head``: the body, then the fused head
-    scoring with a spliced no-grad copy of the matrix and taking the trained rows' gradient apart."""
+def peft_fused_loss(model, batch):
+    """TrainableTokens through the fused head, by hand (``training.head`` declines its layer): the body, then
+    the fused head scoring with a spliced no-grad copy of the matrix and taking the rows' gradient apart."""
     from fatune.training.head import fused_head_loss_sum
 
-    lm = model.get_base_model() if arm.startswith("peft") else model
+    lm = model.get_base_model()
     hidden = lm.model(input_ids=batch["input_ids"]).last_hidden_state
-    if arm.startswith("peft"):
-        layer = lm.get_output_embeddings()  # a TrainableTokensLayer, tied to the embedding's
-        with torch.no_grad():
-            weight = layer.get_merged_weights(["default"])
-        rows = (torch.as_tensor(layer.token_indices["default"]), layer.trainable_tokens_delta["default"])
-    else:
-        embedding = lm.get_input_embeddings()
-        with torch.no_grad():
-            weight = embedding.weight.index_copy(0, embedding.trainable_row_ids,
-                                                 embedding.trainable_rows.to(embedding.weight.dtype))
-        rows = (embedding.trainable_row_ids, embedding.trainable_rows)
+    layer = lm.get_output_embeddings()  # a TrainableTokensLayer, tied to the embedding's
+    with torch.no_grad():
+        weight = layer.get_merged_weights(["default"])
+    rows = (torch.as_tensor(layer.token_indices["default"]), layer.trainable_tokens_delta["default"])
     total, count = fused_head_loss_sum(hidden, weight, batch["labels"], lm.config.final_logit_softcapping,
                                        None, rows)
     return total / count
 
 
 def loss_of(model, batch, arm):
-    return fused_loss(model, batch, arm) if arm.endswith("+fused") else model(**batch).loss
+    if arm == "peft+fused":
+        return peft_fused_loss(model, batch)
+    return model(**batch, **({"fused_head_loss": True} if arm == "hooks+fused" else {})).loss
 
 
 def merged(model, arm):
@@ -238,11 +240,11 @@ def child(arm: str, steps: int, vocab: int, hidden: int, tokens: int) -> dict:
                 "median_step_cpu_s": statistics.median(cpu[1:]), "losses": losses}
 
 
-def measure(repeats: int, steps: int, vocab: int, hidden: int, tokens: int) -> dict:
+def measure(repeats: int, steps: int, vocab: int, hidden: int, tokens: int, arms=ARMS) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    runs = {arm: [] for arm in ARMS}
+    runs = {arm: [] for arm in arms}
     for repeat in range(repeats):
-        order = ARMS if repeat % 2 == 0 else ARMS[::-1]  # alternate, so drift hits every arm alike
+        order = arms if repeat % 2 == 0 else arms[::-1]  # alternate, so drift hits every arm alike
         for arm in order:
             done = subprocess.run([sys.executable, __file__, "--child", arm, "--steps", str(steps), "--vocab",
                                    str(vocab), "--hidden", str(hidden), "--tokens", str(tokens)], env=env,
@@ -257,7 +259,9 @@ def measure(repeats: int, steps: int, vocab: int, hidden: int, tokens: int) -> d
                       "first_step_s": [round(r["first_step_s"], 3) for r in rows],
                       "median_step_s": [round(r["median_step_s"], 3) for r in rows],
                       "median_step_cpu_s": [round(r["median_step_cpu_s"], 3) for r in rows],
-                      "losses_equal_across_repeats": all(r["losses"] == rows[0]["losses"] for r in rows)}
+                      "losses_equal_across_repeats": all(r["losses"] == rows[0]["losses"] for r in rows),
+                      f"max_loss_diff_vs_{arms[0]}": max(abs(x - y) for x, y in
+                                                         zip(rows[0]["losses"], runs[arms[0]][0]["losses"]))}
     return table
 
 
@@ -268,6 +272,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=262144)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated, measured in this order")
     parser.add_argument("--child", choices=ARMS)
     parser.add_argument("--skip-results", action="store_true")
     parser.add_argument("--out")
@@ -287,8 +292,14 @@ def main() -> None:
             report["results"] = results(Path(tmp))
         print(json.dumps(report["results"], indent=1), flush=True)
     if args.repeats:
-        report["memory_speed"] = measure(args.repeats, args.steps, args.vocab, args.hidden, args.tokens)
+        arms = tuple(args.arms.split(","))
+        if not set(arms) <= set(ARMS):
+            parser.error(f"--arms: choose from {', '.join(ARMS)}")
+        report["load_average_before"] = os.getloadavg()
+        report["memory_speed"] = measure(args.repeats, args.steps, args.vocab, args.hidden, args.tokens, arms)
+        report["load_average_after"] = os.getloadavg()
         print(json.dumps(report["memory_speed"], indent=1))
+        print("load average before/after:", report["load_average_before"], report["load_average_after"])
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
 
