@@ -114,7 +114,8 @@ def test_trained_rows_under_autocast_match_exact_logits_of_the_cast_operands(bas
     """embed_head's rows (and lora's chat tokens): fp32 rows spliced into a frozen matrix, stored in fp32 or, as
     bf16 training stores a frozen base, in bf16; their gradient is fp32 and as accurate as a trained head's."""
     hidden, weight, labels = _batch(torch.float32, seed=3)
-    index = torch.cat([labels[labels != IGNORE][:6], torch.tensor([0, 150, 300], device=labels.device)]).unique().to(DEVICE)
+    some_targets = labels[labels != IGNORE][:6]  # rows that are targets, and rows that are not
+    index = torch.cat([some_targets, torch.tensor([0, 150, 300], device=DEVICE)]).unique()
     rows = (torch.randn(len(index), weight.shape[1], device=DEVICE) * 0.5).requires_grad_()
     with torch.no_grad():
         spliced = weight.to(base).index_copy(0, index, rows.to(base))

@@ -8,7 +8,9 @@ that matter for Persian: the full matrix stays frozen and one small ``trainable_
 weight decay cannot touch a frozen row (a gradient mask on the full matrix would keep full-size state
 and still decay masked rows). Forward hooks splice the trainable rows into the embedding output and
 the logits, so no module is replaced: HF saving, loading, tying, Trainer wrapping and gradient
-checkpointing all see the original model. ``merge`` writes the rows back and removes the hooks.
+checkpointing all see the original model. The fused LM head (``training.head``, ``train.fused_head``)
+never calls the head, so it splices the rows into the head's weight instead (``fused_head_weight``).
+``merge`` writes the rows back and removes the hooks.
 
 **Why not PEFT's ``TrainableTokens``** (measured 2026-11-29, peft 0.21.2, torch 2.13, on the 2-core AMD
 EPYC dev machine, one core used; ``scripts/trial_trainable_tokens.py``, its docstring has the command).
@@ -23,17 +25,19 @@ On a random Gemma 3 of 262,144 x 256 (2 layers, 128 tokens, 8,332 rows), 3 child
 ==================================  ==========================  ======================
 arm                                 step peak RSS over model    CPU s/step (median)
 ==================================  ==========================  ======================
-these hooks (today)                 423 MiB                     0.90-0.96
+these hooks, full logits            423 MiB                     0.90-0.96
 TrainableTokens                     674 MiB (+one fp32 matrix)  1.33-1.53
 hooks, fused head (a)               314 MiB                     0.74-0.75
 TrainableTokens, fused head (a)     314 MiB                     0.94-1.01
 ==================================  ==========================  ======================
 
-(a) ``training.head`` declines both heads today (hooks; a ``TrainableTokensLayer`` is not its
-``token_adapter`` wrapper); these rows feed it the trained rows as it takes lora's chat tokens. In bf16,
-TrainableTokens sums the embedding side's row gradients in bf16 (4.5e-4 vs 1.5e-3 largest loss gap to
-fp32 over 5 steps, hooks vs it). What it would give: checkpoints of only the rows (an adapter of ~43 MB
-for Gemma 3 270M instead of the whole model).
+(a) ``training.head``'s fused loss. It takes these hooks' rows itself since 2026-11-30
+(``fused_head_weight``), so ``train.fused_head`` (the default) trains them this way; rerun that day with 5
+alternating child processes per arm: 422-423 vs 314 MiB, 0.85-0.89 vs 0.65-0.67 CPU s/step, losses within
+9.5e-7 (docs/benchmarks.md). It still declines a ``TrainableTokensLayer`` (not its ``token_adapter``
+wrapper), which the trial feeds to it by hand. In bf16, TrainableTokens sums the embedding side's row
+gradients in bf16 (4.5e-4 vs 1.5e-3 largest loss gap to fp32 over 5 steps, hooks vs it). What it would
+give: checkpoints of only the rows (an adapter of ~43 MB for Gemma 3 270M instead of the whole model).
 """
 
 from __future__ import annotations
