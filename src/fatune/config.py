@@ -52,6 +52,9 @@ class SourceConfig(Section):
     weight: float | None = Field(None, gt=0)
     """Take this share of the source's training conversations; above 1 repeats whole copies plus a seeded
     remainder (2.5: two copies and half of another), to upsample a small source."""
+    questions_per_chat: int = Field(1, ge=1)
+    """SQuAD JSON sources only: ask up to this many questions of one paragraph in one multi-turn chat, so
+    the passage's tokens are paid once for several answers (``count``/``weight`` then count chats)."""
 
     @model_validator(mode="after")
     def _check(self) -> "SourceConfig":

@@ -98,6 +98,17 @@ def test_prepare_mix_reports_each_source(tmp_path, cache, tiny_tok):
         prepare(_mix({"path": chat, "count": 40}), tiny_tok)
 
 
+def test_questions_per_chat_counts_chats_and_keeps_the_article_split(tmp_path, cache, tiny_tok):
+    qa = _squad(tmp_path / "qa.json", articles=10, questions=3)
+    config = _mix({"path": qa, "questions_per_chat": 2, "weight": 2})
+    report = prepare(config, tiny_tok).report
+    # 3 questions per paragraph -> chats of 2 and 1: 20 chats; 9 articles (18 chats) train, twice; 1 val.
+    assert [(s["loaded"], s["train"], s["val"]) for s in report["sources"]] == [(20, 36, 2)]
+    assert cache_key(config, tiny_tok) != cache_key(_mix({"path": qa, "weight": 2}), tiny_tok)
+    with pytest.raises(FatuneError, match=r"questions_per_chat.*greater than or equal to 1"):
+        _mix({"path": qa, "questions_per_chat": 0})
+
+
 def test_mix_is_deterministic_and_shuffled(tmp_path, cache, tiny_tok):
     a = write_jsonl(tmp_path / "a.jsonl", _records("الف", 20))
     b = write_jsonl(tmp_path / "b.jsonl", _records("دال", 20))

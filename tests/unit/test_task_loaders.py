@@ -53,6 +53,38 @@ def test_squad_conversations_and_no_answer(tmp_path):
                                                    ("data[0].paragraphs[0].qas[1]", f"{path}#0")]
 
 
+def test_squad_questions_per_chat_groups_one_paragraph_in_file_order(tmp_path):
+    # Article 0 has one paragraph of five questions, article 1 one of two: with 2 per chat the chunks
+    # are (q0, q1), (q2, q3), (q4) and, never crossing a paragraph, (r0, r1).
+    five = [_qa(f"پرسش {i}؟", "تهران", qid=f"q{i}") if i != 3 else _qa("پرسش 3؟", qid="q3") for i in range(5)]
+    two = [_qa("پایتخت کجاست؟", "تهران", qid="r0"), _qa("کشور کجاست؟", "ایران", qid="r1")]
+    path = _squad(tmp_path / "qa.json", [five, two])
+    chats = list(load_conversations(path, normalize=False, questions_per_chat=2))
+    assert [(c.line, c.group) for c in chats] == [
+        ("data[0].paragraphs[0].qas[0]", f"{path}#0"), ("data[0].paragraphs[0].qas[2]", f"{path}#0"),
+        ("data[0].paragraphs[0].qas[4]", f"{path}#0"), ("data[1].paragraphs[0].qas[0]", f"{path}#1")]
+    assert chats[1].messages == [
+        {"role": "user", "content": f"{QA_HEAD}\n\nمتن: {CONTEXT}\n\nپرسش: پرسش 2؟"},
+        {"role": "assistant", "content": "تهران"},
+        {"role": "user", "content": "پرسش: پرسش 3؟"},
+        {"role": "assistant", "content": NO_ANSWER}]
+    # The first turn of every chat is exactly the single-question conversation (what evaluation asks).
+    singles = _messages(path)
+    assert [c.messages[:2] for c in chats] == [singles[0], singles[2], singles[4], singles[5]]
+    assert chats[3].messages[2:] == [{"role": "user", "content": "پرسش: کشور کجاست؟"},
+                                     {"role": "assistant", "content": "ایران"}]
+    # One per chat is the default; a chat as large as the paragraph takes all of it.
+    assert _messages(path, questions_per_chat=1) == singles
+    assert [len(c.messages) // 2 for c in load_conversations(path, questions_per_chat=10)] == [5, 2]
+
+
+def test_questions_per_chat_is_refused_for_other_sources(tmp_path):
+    tsv = tmp_path / "sib.tsv"
+    tsv.write_text("index_id\tcategory\ttext\n1\tscience/technology\tمتن\n", encoding="utf-8")
+    with pytest.raises(FatuneError, match="questions_per_chat=3 applies to SQuAD JSON files only"):
+        list(load_conversations(tsv, questions_per_chat=3))
+
+
 def test_squad_span_mismatch_names_file_and_json_path(tmp_path):
     good = _qa("پایتخت؟", "تهران")
     path = _squad(tmp_path / "qa.json", [[good], [good, _qa("کجا؟", "شمال", start=3)]])

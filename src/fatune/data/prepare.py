@@ -280,7 +280,8 @@ def _load_mix(data) -> tuple[list, list, LoadStats, list[dict]]:
         source_stats = LoadStats()  # per source, so each source's skip warning counts its own records
         conversations = list(load_conversations(path, purpose="train", skip_invalid=data.skip_invalid,
                                                 normalize=data.normalize, split=data.split, stats=source_stats,
-                                                digits=data.digits))
+                                                digits=data.digits,
+                                                questions_per_chat=source.questions_per_chat if source else 1))
         stats.kept += source_stats.kept
         stats.skipped.update(source_stats.skipped)
         loaded = len(conversations)

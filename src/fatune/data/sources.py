@@ -94,7 +94,8 @@ def split_pair(text: str) -> tuple[str, str] | None:
 
 def load_conversations(source: str | Path, *, purpose: Purpose = "train", skip_invalid: bool = False,
                        normalize: bool | None = None, split: str = "train", stats: LoadStats | None = None,
-                       farstail_system: str | None = None, digits: str | None = None) -> Iterator[Conversation]:
+                       farstail_system: str | None = None, digits: str | None = None,
+                       questions_per_chat: int = 1) -> Iterator[Conversation]:
     """Yield validated conversations from ``source``.
 
     ``source``: any source string of the module docstring (JSONL records may be SlimOrca ``messages``,
@@ -104,11 +105,13 @@ def load_conversations(source: str | Path, *, purpose: Purpose = "train", skip_i
     ``normalize``: apply ``normalize_persian`` to every content; defaults to on for training data.
     ``digits``: optional digit unification passed to ``normalize_persian`` (``"persian"`` or ``"latin"``).
     ``split``: which split to read from a ``DatasetDict`` directory or a hub dataset.
+    ``questions_per_chat``: for a SQuAD file, ask up to this many questions of a paragraph in one chat
+    (``fatune.data.squad.qa_chat``); any other source refuses a value above 1.
     """
     stats = stats if stats is not None else LoadStats()
     normalize = (purpose == "train") if normalize is None else normalize
     path, rows = parse_source(source)
-    name, records = _open(path, rows, split, farstail_system)
+    name, records = _open(path, rows, split, farstail_system, questions_per_chat)
     try:
         # Readers yield (line, record) or, for grouped data, (line, record, group).
         for line, record, *group in records(skip_invalid, stats):
@@ -139,8 +142,16 @@ def _sniff(path: Path, size: int = 4096) -> str:
         return handle.read(size).decode("utf-8-sig", errors="replace")
 
 
-def _open(source: str, rows: slice | None, split: str, farstail_system: str | None):
+def _open(source: str, rows: slice | None, split: str, farstail_system: str | None, questions_per_chat: int = 1):
     """Pick a reader for ``source``; return its display name and a ``(skip_invalid, stats) -> rows`` function."""
+    name, records = _reader(source, rows, split, farstail_system, questions_per_chat)
+    if questions_per_chat != 1 and not getattr(records, "squad", False):
+        raise FatuneError(f"{name}: questions_per_chat={questions_per_chat} applies to SQuAD JSON files only; "
+                          "remove it from this source")
+    return name, records
+
+
+def _reader(source: str, rows: slice | None, split: str, farstail_system: str | None, questions_per_chat: int):
     pair = split_pair(source)
     if pair is not None:
         from fatune.data.translation import pair_records
@@ -167,7 +178,11 @@ def _open(source: str, rows: slice | None, split: str, farstail_system: str | No
             return name, lambda skip, stats: read_farstail(path, name, skip, stats, farstail_system, rows)
         if suffix == ".json" and _SQUAD_START.match(_sniff(path)):
             from fatune.data.squad import squad_records
-            return name, lambda skip, stats: squad_records(path, name, rows, skip, stats)
+
+            def records(skip, stats):
+                return squad_records(path, name, rows, skip, stats, questions_per_chat)
+            records.squad = True  # _open checks that questions_per_chat reached a SQuAD reader
+            return name, records
         return name, lambda skip, stats: _read_jsonl(path, name, skip, stats, rows)
     if source.startswith(TASKS_PREFIX):
         bundled = sorted(str(p.relative_to(tasks_dir())) for p in tasks_dir().rglob("*") if p.is_file()

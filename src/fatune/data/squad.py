@@ -20,6 +20,12 @@ No system message. The user turn is ``QA_INSTRUCTION``, the context and the ques
 
 The assistant answers with the first gold answer, or ``NO_ANSWER`` for an unanswerable question.
 Extractive answers keep the model's output scoreable by exact match and F1 against the gold spans.
+
+For training, ``questions_per_chat`` above 1 asks up to that many questions of one paragraph in one
+multi-turn chat: the first user turn is the layout above, each further user turn is only
+``پرسش: {question}``. A PQuAD passage is ~250 tokens and a question with its answer ~40, so one chat of
+six questions trains six answers for the passage's tokens once, where six single-question chats pay for
+the passage six times (measured in docs/persian-tasks.md). Evaluation always asks one question per prompt.
 """
 
 from __future__ import annotations
@@ -67,6 +73,17 @@ def qa_conversation(item: QAItem) -> dict:
     """``item`` as ``{"messages": [...]}``: the prompt, then ``answers[0]`` or ``NO_ANSWER``."""
     answer = NO_ANSWER if item.impossible or not item.answers else item.answers[0].strip()
     return {"messages": [*qa_prompt(item), {"role": "assistant", "content": answer}]}
+
+
+def qa_chat(items: list[QAItem]) -> dict:
+    """Several questions on one passage as one chat: ``qa_prompt(items[0])`` and its answer, then for each
+    further item a user turn ``پرسش: {question}`` and its answer (``items`` share one context)."""
+    first, *rest = items
+    messages = qa_conversation(first)["messages"]
+    for item in rest:
+        answer = qa_conversation(item)["messages"][-1]
+        messages += [{"role": "user", "content": f"پرسش: {item.question.strip()}"}, answer]
+    return {"messages": messages}
 
 
 def _load_json(path: Path, name: str) -> Any:
@@ -166,8 +183,24 @@ def read_squad(path: str | Path, name: str | None = None, articles: slice | None
                 yield QAItem(str(qa.get("id", where)), index, title, context, question, answers, impossible, where)
 
 
-def squad_records(path: Path, name: str, articles: slice | None, skip_invalid: bool, stats: LoadStats
-                  ) -> Iterator[tuple[str, dict, str]]:
-    """``load_conversations``' reader: ``(json_path, conversation, group)``, grouped by article."""
+def squad_records(path: Path, name: str, articles: slice | None, skip_invalid: bool, stats: LoadStats,
+                  questions_per_chat: int = 1) -> Iterator[tuple[str, dict, str]]:
+    """``load_conversations``' reader: ``(json_path, conversation, group)``, grouped by article.
+
+    With ``questions_per_chat`` > 1, consecutive questions of one paragraph (in file order, at most that
+    many) become one ``qa_chat``, located at its first question."""
+    if questions_per_chat < 1:
+        raise ValueError(f"questions_per_chat must be at least 1, not {questions_per_chat}")
+    chunk: list[QAItem] = []
     for item in read_squad(path, name, articles, skip_invalid, stats):
-        yield item.location, qa_conversation(item), f"{name}#{item.article}"
+        if chunk and (len(chunk) == questions_per_chat or _paragraph(item) != _paragraph(chunk[0])):
+            yield chunk[0].location, qa_chat(chunk), f"{name}#{chunk[0].article}"
+            chunk = []
+        chunk.append(item)
+    if chunk:
+        yield chunk[0].location, qa_chat(chunk), f"{name}#{chunk[0].article}"
+
+
+def _paragraph(item: QAItem) -> str:
+    """The JSON path of ``item``'s paragraph (``data[3].paragraphs[0]``): questions with one path share a context."""
+    return item.location.rsplit(".qas[", 1)[0]
