@@ -48,15 +48,27 @@ PRECISIONS = {"bf16": ["train.precision=bf16", "train.force_fp16=false"],
 
 
 EMBED_HEAD_GIB = 20  # ~17 GiB peak, plus margin
+# What an embed_head run at 2B width writes: a checkpoint of the fp32 model (~3 GB) with its AdamW state
+# for the 604M-row matrix (~4.8 GB), then final/ (~3 GB), plus margin. A CI run on a dev machine whose
+# disk had ~20 GiB free filled it here, and fatune's DiskFullError rightly stopped the run (2026-11-30).
+EMBED_HEAD_DISK_GIB = 16
 
 
-def require_memory(method: str) -> None:
+def require_resources(method: str, out: Path) -> None:
+    import shutil
+
     import psutil
 
+    if method != "embed_head":
+        return
     available = psutil.virtual_memory().available / 2**30
-    if method == "embed_head" and not torch.cuda.is_available() and available < EMBED_HEAD_GIB:
+    if not torch.cuda.is_available() and available < EMBED_HEAD_GIB:
         pytest.skip(f"embed_head at 2B width peaks at ~17 GiB; {available:.0f} GiB free here "
                     f"(needs {EMBED_HEAD_GIB})")
+    disk = shutil.disk_usage(out).free / 2**30
+    if disk < EMBED_HEAD_DISK_GIB:
+        pytest.skip(f"embed_head at 2B width writes ~11 GB of checkpoint and final/; {disk:.0f} GiB of disk "
+                    f"free at {out} (needs {EMBED_HEAD_DISK_GIB})")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +101,7 @@ def seed_config(method: str, precision: str, model_dir: Path, out: Path):
 def test_seed_config_trains_two_steps_at_2b_width(method, precision, gemma2_2b_dir, tmp_path):
     from fatune.generation import load
 
-    require_memory(method)
+    require_resources(method, tmp_path)
     config = seed_config(method, precision, gemma2_2b_dir, tmp_path / "run")
     result = train(config)
     summary = json.loads((result.out / "train_summary.json").read_text())
