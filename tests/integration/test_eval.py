@@ -35,6 +35,25 @@ def test_loss_fidelity_farstail_and_mc_with_limit(tiny_runs, tmp_path):
     assert (tiny_runs["lora"] / "eval" / "metrics.json").exists()  # a run dir also keeps its metrics
 
 
+def test_loss_items_pair_only_rows_with_the_same_tokens(tiny_runs, tmp_path):
+    from fatune.eval import stats
+
+    # Two runs on the same data share a validation split: the same item ids, so their losses pair.
+    lora, full = (evaluate(str(tiny_runs[m]), "loss", limit=3)["loss"] for m in ("lora", "full"))
+    assert lora["item_ids"] == full["item_ids"] and len(lora["item_ids"]) == 3
+    assert set(stats.gains(lora, full, "loss")) == {"bits_per_byte"}
+    # Rows at the same positions of different data are different items: ids used to be the row index alone,
+    # and compare paired the base model's loss on one run's split with another run's loss on its own.
+    chats = [[{"role": "user", "content": f"پرسش {i}"}, {"role": "assistant", "content": f"پاسخ {i}"}] for i in range(3)]
+    other = [[m, {"role": "assistant", "content": a["content"] + " دیگر"}] for m, a in chats]
+    first, second = (write_jsonl(tmp_path / name, [{"messages": c} for c in rows])
+                     for name, rows in (("a.jsonl", chats), ("b.jsonl", other)))
+    a, b = (evaluate(str(tiny_runs["lora"]), f"loss:{path}")["loss"] for path in (first, second))
+    assert [i.split(":")[0] for i in a["item_ids"]] == [i.split(":")[0] for i in b["item_ids"]] == ["1", "2", "3"]
+    with pytest.raises(ValueError, match="different items"):
+        stats.gains(a, b, "loss")
+
+
 def test_option_scores_are_the_summed_answer_token_logprobs(tiny_runs):
     from fatune.data import render
     from fatune.eval.choice import option_loglikelihoods

@@ -58,15 +58,27 @@ def default_suite() -> Path:
 
 
 # -- loss ------------------------------------------------------------------------------------------
+def _row_id(position, input_ids: list[int]) -> str:
+    """``POSITION:HASH``: the row's line or index, and a digest of its tokens. The index alone made rows of two
+    runs' different validation splits look like the same items, so ``compare`` paired the base model's loss on
+    one run's split with another run's loss on its own (found comparing two recipes' runs); with the digest,
+    rows pair only where they hold the same tokens."""
+    import hashlib
+
+    digest = hashlib.blake2b(json.dumps(input_ids).encode(), digest_size=6).hexdigest()
+    return f"{position}:{digest}"
+
+
 def _validation_rows(chat_model, run_dir: Path | None, path: str | None, limit: int | None) -> list[dict]:
-    """Rows to score, each with an ``id``: the record's line in ``path``, else the row's validation index."""
+    """Rows to score, each with an ``id`` (``_row_id``): the record's line in ``path``, else the row's
+    validation index, with a digest of the row's tokens."""
     if path:
         from fatune.data import load_conversations
 
         conversations = spread(list(load_conversations(path, normalize=chat_model.loaded.normalize)), limit)
         samples = render_batch(conversations, chat_model.tokenizer, chat_model.template)
         rows = [(c.line, truncate(s, 2048)) for c, s in zip(conversations, samples)]
-        return [{"id": str(line), "input_ids": r["input_ids"], "labels": r["labels"],
+        return [{"id": _row_id(line, r["input_ids"]), "input_ids": r["input_ids"], "labels": r["labels"],
                  "position_ids": list(range(len(r["input_ids"])))} for line, r in rows if r is not None]
     config_file = run_config_of(run_dir) if run_dir is not None else None
     if config_file is None:
@@ -75,7 +87,8 @@ def _validation_rows(chat_model, run_dir: Path | None, path: str | None, limit: 
     from fatune.data.prepare import prepare
 
     val = prepare(load_config(config_file), chat_model.tokenizer).val
-    return [{**val[i], "id": str(i)} for i in range(len(val) if limit is None else min(limit, len(val)))]
+    return [{**val[i], "id": _row_id(i, val[i]["input_ids"])}
+            for i in range(len(val) if limit is None else min(limit, len(val)))]
 
 
 def fused_head_for(model) -> bool:
