@@ -244,8 +244,8 @@ def modelfile(chat, context: int = 4096) -> str:
 
     note = ""
     if not isinstance(chat, TurnTemplate):  # the tokenizer's own Jinja cannot be translated to Go: use the layout
-        note = (f"# The run used the tokenizer's own Jinja template (it is in the GGUF as tokenizer.chat_template,\n"
-                f"# which llama.cpp --jinja uses); this Go template lays turns out between its turn tokens.\n")
+        note = ("# The run used the tokenizer's own Jinja template (it is in the GGUF as tokenizer.chat_template,\n"
+                "# which llama.cpp --jinja uses); this Go template lays turns out between its turn tokens.\n")
         chat = _turn_layout(chat)
     sample = PRESETS["sample"]
     return (f"# Ollama: ollama create NAME -f Modelfile && ollama run NAME\n{note}"

@@ -448,3 +448,44 @@ def test_llama_cpp_gives_the_greedy_tokens_of_transformers(real_lora_f16):
             if len(theirs) == 16:
                 break
         assert theirs[:len(ours)] == ours, (text, theirs, ours)  # transformers stops at EOS, this loop does not
+
+
+@pytest.mark.slow
+def test_llama_cpp_renders_the_stored_chat_template_and_answers_like_transformers(real_lora_f16, capsys):
+    """The run's chat template as llama.cpp applies it (``--jinja``: the template stored in the file, rendered
+    by llama-cpp-python's Jinja2 formatter with the file's BOS/EOS) gives fatune's prompt ids exactly, on
+    the 24 fidelity prompts (system prompts included); llama.cpp's greedy answers to them are then compared
+    with transformers' on the same f16 file, and the share of differing tokens is reported."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (see docs/export.md: "
+                                    "its prebuilt wheels need glibc 2.38; build it from source)")
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from fatune.data import load_conversations
+    from fatune.generation import load
+
+    run, out = real_lora_f16
+    llm = llama_cpp.Llama(model_path=str(out / "model.gguf"), n_ctx=1024, verbose=False)
+    vocab = [llm.detokenize([i], special=True).decode("utf-8", "replace") for i in (llm.token_bos(), llm.token_eos())]
+    formatter = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos_token=vocab[1], bos_token=vocab[0],
+                                    add_generation_prompt=True)
+    chat = load(str(run))
+    prompts = [c.messages for c in load_conversations(_fidelity_path(), purpose="prompt", normalize=False)]
+    reference = reload(out)
+    differ = total = same = 0
+    for messages in prompts:
+        ids = chat.prompt_ids(messages)
+        rendered = formatter(messages=messages).prompt
+        assert llm.tokenize(rendered.encode(), add_bos=False, special=True) == ids, messages
+        ours = greedy(reference, [ids], 32)[0]
+        theirs = []
+        for token in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            theirs.append(token)
+            if len(theirs) == len(ours):  # as many as transformers gave (it stops after an end token)
+                break
+        differ += sum(a != b for a, b in zip(ours, theirs))
+        total += len(ours)
+        same += ours == theirs
+    with capsys.disabled():
+        print(f"\nllama.cpp vs transformers on the f16 GGUF: {same}/{len(prompts)} greedy answers identical, "
+              f"{differ / total:.1%} of tokens differ")
+    assert differ / total <= 0.25  # f16 matmuls in llama.cpp vs fp32 ones in transformers can flip near-ties

@@ -66,9 +66,12 @@ def bench_gguf(run: str | Path, outtypes=("f16", "q8_0"), work: str | Path | Non
     safetensors = export(run, work / "safetensors")
     rows.append({"format": "safetensors (fp32)", "file_mb": _mb(safetensors, "*.safetensors"),
                  "transformers": _time("safetensors", safetensors, ids)})
+    env = environment()
     try:
-        import llama_cpp  # noqa: F401
+        import llama_cpp
+
         has_llama_cpp = True
+        env["llama_cpp_python"] = llama_cpp.__version__  # a source build: its version names the llama.cpp it vendors
     except ImportError:
         has_llama_cpp = False
     for outtype in outtypes:
@@ -78,7 +81,7 @@ def bench_gguf(run: str | Path, outtypes=("f16", "q8_0"), work: str | Path | Non
             row["llama.cpp"] = _time("llama.cpp", out, ids)
         rows.append(row)
     return {"benchmark": "gguf export", "run": str(run), "work": str(work), "prompt_tokens": len(ids),
-            "rows": rows, "environment": environment()}
+            "rows": rows, "environment": env}
 
 
 def main(argv=None) -> int:
